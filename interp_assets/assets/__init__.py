@@ -1,0 +1,13 @@
+"""One module per phase; each ``build(config)`` returns that phase's assets (and checks)."""
+
+from interp_assets.assets import (
+    activations,
+    attribution,
+    baselines,
+    interventions,
+    language_model,
+    prompts,
+    saes,
+)
+
+PHASES = (language_model, prompts, baselines, activations, saes, attribution, interventions)

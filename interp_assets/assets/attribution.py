@@ -1,0 +1,31 @@
+"""Phase 4: attribution graphs over the SAE features of the key layers, per behaviour."""
+
+# No `from __future__ import annotations`: Dagster reads the context/resource type hints at runtime.
+import dagster as dg
+
+from interp_assets.assets._common import code_version, not_implemented
+from interp_assets.config import ExperimentConfig
+from interp_assets.partitions import behaviour_partitions
+from resources.compute import ComputeResource
+
+LOGIC_VERSION = "0"
+
+
+def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        partitions_def=behaviour_partitions(config),
+        deps=[
+            dg.AssetDep("saes", partition_mapping=dg.AllPartitionMapping()),
+            "prompts",
+            "baselines",
+        ],
+        code_version=code_version(config, LOGIC_VERSION, "attribution"),
+        group_name="study",
+        kinds={"pytorch", "parquet"},
+        pool="compute",
+        description=__doc__,
+    )
+    def attribution_graphs(context: dg.AssetExecutionContext, compute: ComputeResource) -> dg.MaterializeResult:
+        not_implemented("attribution_graphs", "issue 6: attribution graphs and interventions")
+
+    return [attribution_graphs]

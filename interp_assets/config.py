@@ -1,0 +1,343 @@
+"""The experiment config: one typed model read from ``configs/*.yaml``.
+
+Every section is a pydantic model that forbids unknown keys, so a typo fails when the Dagster
+definitions load instead of being silently ignored. Checks that need the model (layer range,
+hook point, model path) also run at load, before any job is launched: an invalid config never
+reaches the cluster. Errors are ``ConfigError`` and name the field and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from interp_assets.core.behaviours import BEHAVIOURS
+from interp_assets.core.hooks import HOOK_POINTS
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "tiny.yaml"
+CONFIG_ENV_VAR = "INTERP_ASSETS_CONFIG"
+
+
+class ConfigError(ValueError):
+    """An invalid experiment config; the message names the field and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExperimentSection(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    """Short id of the study; used in run tags and artifact metadata."""
+    paper_id: str = "unpublished"
+    researcher: str = "unknown"
+    seed: int = Field(default=0, ge=0)
+    """Master seed; sections that draw random numbers derive their own from it."""
+
+
+class TinyModelSection(_Section):
+    """Shape and training budget of the tiny Qwen2 the project builds and trains itself."""
+
+    hidden_size: int = Field(default=64, ge=8, le=4096)
+    intermediate_size: int = Field(default=256, ge=8, le=16384)
+    num_layers: int = Field(default=6, ge=1, le=64)
+    num_heads: int = Field(default=4, ge=1, le=64)
+    num_kv_heads: int = Field(default=2, ge=1, le=64)
+    vocab_size: int = Field(default=768, ge=300, le=65536)
+    """Embedding rows; large enough that every name/country/capital is one token."""
+    seq_len: int = Field(default=48, ge=8, le=2048)
+    train_steps: int = Field(default=1500, ge=1, le=1_000_000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    lr: float = Field(default=3e-3, gt=0, le=1)
+    warmup_steps: int = Field(default=100, ge=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    corpus_sentences: int = Field(default=40_000, ge=100, le=10_000_000)
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelSection:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} must be divisible by num_kv_heads {self.num_kv_heads}")
+        return self
+
+
+class ModelSection(_Section):
+    source: Literal["tiny", "pretrained"]
+    """``tiny``: built and trained by the project; ``pretrained``: any HF causal LM on disk."""
+    name: str = Field(min_length=1, max_length=200)
+    """Model id recorded in metadata (a hub id such as ``Qwen/Qwen2.5-3B-Instruct``)."""
+    path: str | None = None
+    """Local directory holding config.json + weights (pretrained only). Relative to the config file."""
+    revision: str | None = None
+    """Hub revision the local copy was taken from, recorded as provenance."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype the model runs in (activations are stored in ``activations.dtype``)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tiny: TinyModelSection | None = None
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> ModelSection:
+        if self.source == "tiny" and self.path is not None:
+            raise ValueError("path is only for source: pretrained (the tiny model is built into the storage root)")
+        if self.source == "pretrained" and self.tiny is not None:
+            raise ValueError("the tiny: section is only for source: tiny")
+        if self.source == "pretrained" and not self.path:
+            raise ValueError(
+                "source: pretrained needs path: the local directory of the model "
+                "(e.g. `huggingface-cli download Qwen/Qwen2.5-3B-Instruct --local-dir <dir>`); "
+                "nothing is downloaded at run time"
+            )
+        return self
+
+    @property
+    def tiny_spec(self) -> TinyModelSection:
+        return self.tiny or TinyModelSection()
+
+
+class PromptsSection(_Section):
+    behaviours: tuple[str, ...] = BEHAVIOURS
+    n_per_behaviour: int = Field(default=100, ge=4, le=100_000)
+    train_fraction: float = Field(default=0.5, gt=0, lt=1)
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("behaviours")
+    @classmethod
+    def _known_behaviours(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [b for b in value if b not in BEHAVIOURS]
+        if unknown:
+            raise ValueError(f"unknown behaviour(s) {unknown}; choose from {list(BEHAVIOURS)}")
+        if not value or len(set(value)) != len(value):
+            raise ValueError("list each behaviour once, at least one")
+        return value
+
+
+class BaselinesSection(_Section):
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    min_accuracy: float = Field(default=0.8, ge=0, le=1)
+    """Asset check: clean accuracy (LD > 0) must reach this; chance is 0.5."""
+
+
+def _parse_layers(value: Any) -> Any:
+    # "10-24" is the inclusive range a researcher writes; a list is taken as is.
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", value)
+        if not match:
+            raise ValueError(f"layers {value!r}: write an inclusive range such as '10-24' or a list [10, 12, 14]")
+        first, last = int(match.group(1)), int(match.group(2))
+        if last < first:
+            raise ValueError(f"layers {value!r}: the range is empty (last < first)")
+        return list(range(first, last + 1))
+    return value
+
+
+class ActivationsSection(_Section):
+    layers: tuple[int, ...]
+    """Layers to capture (partition keys of activations and saes): a list or an inclusive 'a-b'."""
+    hook_point: str = "mlp_post"
+    last_n_tokens: int = Field(default=5, ge=1, le=4096)
+    """Behaviour prompts: capture only their last N token positions."""
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    shard_max_vectors: int = Field(default=65_536, ge=16, le=100_000_000)
+    """Vectors per safetensors shard; capture memory is O(shard), not O(dataset)."""
+    corpus_sequences: int = Field(default=2000, ge=1, le=100_000_000)
+    """SAE-training corpus: number of sequences captured (all positions)."""
+    corpus_seq_len: int = Field(default=32, ge=2, le=32_768)
+    corpus_path: str | None = None
+    """A UTF-8 text file, one document per line; default: text generated from the behaviours."""
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _parse_layer_range(cls, value: Any) -> Any:
+        return _parse_layers(value)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_sorted_unique(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise ValueError("at least one layer")
+        if any(layer < 0 for layer in value):
+            raise ValueError("layers are 0-based and non-negative")
+        if len(set(value)) != len(value):
+            raise ValueError("a layer is listed twice")
+        return tuple(sorted(value))
+
+    @field_validator("hook_point")
+    @classmethod
+    def _known_hook_point(cls, value: str) -> str:
+        if value not in HOOK_POINTS:
+            raise ValueError(f"unknown hook point {value!r}; choose from {sorted(HOOK_POINTS)}")
+        return value
+
+
+class SaeSection(_Section):
+    """SAE hyper-parameters (Phase 3). Defaults are the spec's."""
+
+    architecture: Literal["relu", "topk"] = "relu"
+    expansion_factor: int = Field(default=4, ge=1, le=256)
+    k: int = Field(default=64, ge=1, le=65_536)
+    batch_size: int = Field(default=256, ge=1, le=1_000_000)
+    steps: int = Field(default=50_000, ge=1, le=100_000_000)
+    lr: float = Field(default=4e-4, gt=0, le=1)
+    lr_warmup_steps: int = Field(default=1000, ge=0)
+    lr_decay_steps: int = Field(default=10_000, ge=0)
+    l1_coefficient: float = Field(default=5.0, ge=0)
+    l1_warmup_steps: int = Field(default=5000, ge=0)
+    checkpoint_every: int = Field(default=5000, ge=1)
+    min_explained_variance: float = Field(default=0.7, ge=0, le=1)
+    max_dead_fraction: float = Field(default=0.2, ge=0, le=1)
+    seed: int = Field(default=0, ge=0)
+
+
+class AttributionSection(_Section):
+    key_layers: tuple[int, ...] = ()
+    """Layers whose SAE features form the graph; must be among activations.layers. Empty: all."""
+    method: Literal["attribution_patching", "integrated_gradients"] = "attribution_patching"
+    ig_steps: int = Field(default=10, ge=1, le=1000)
+    node_threshold: float = Field(default=0.01, ge=0)
+    edge_threshold: float = Field(default=0.01, ge=0)
+    max_nodes_per_layer: int = Field(default=50, ge=1, le=100_000)
+
+
+class InterventionsSection(_Section):
+    ablation_groups: int = Field(default=10, ge=1, le=1000)
+    patching_pairs: int = Field(default=50, ge=1, le=100_000)
+    patching_positions: int = Field(default=20, ge=1, le=4096)
+    resample_samples: int = Field(default=100, ge=1, le=100_000)
+    bootstrap_samples: int = Field(default=1000, ge=10, le=1_000_000)
+    checkpoint_every: int = Field(default=10, ge=1)
+
+
+class StorageSection(_Section):
+    root: str = "../dagster_home/storage"
+    """Where artifacts live: a local folder (relative to the config file) or an fsspec URL."""
+
+
+class ExperimentConfig(_Section):
+    experiment: ExperimentSection
+    model: ModelSection
+    prompts: PromptsSection = PromptsSection()
+    baselines: BaselinesSection = BaselinesSection()
+    activations: ActivationsSection
+    sae: SaeSection = SaeSection()
+    attribution: AttributionSection = AttributionSection()
+    interventions: InterventionsSection = InterventionsSection()
+    storage: StorageSection = StorageSection()
+
+    source_path: str | None = Field(default=None, exclude=True)
+    """Where this config was read from (not part of any hash)."""
+
+    @model_validator(mode="after")
+    def _key_layers_captured(self) -> ExperimentConfig:
+        missing = sorted(set(self.attribution.key_layers) - set(self.activations.layers))
+        if missing:
+            raise ValueError(
+                f"attribution.key_layers {missing} are not in activations.layers "
+                f"{list(self.activations.layers)}: add them there or drop them here"
+            )
+        return self
+
+    def section_hash(self, *sections: str) -> str:
+        """sha256 (16 hex) of the named sections: the config part of an asset's code version."""
+        payload = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return digest[:16]
+
+    @property
+    def layer_keys(self) -> list[str]:
+        return [str(layer) for layer in self.activations.layers]
+
+    def to_payload(self) -> dict[str, Any]:
+        """The whole config as plain JSON, handed to workers so they never re-read a changed file."""
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid experiment config {source}:"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see configs/tiny.yaml for every key)"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        # Cross-section checks name their fields in the message itself.
+        lines.append(f"  {field}: {message}" if field else f"  {message}")
+    return "\n".join(lines)
+
+
+def _resolve_relative(path: str, base_dir: Path) -> str:
+    if "://" in path or os.path.isabs(path):
+        return path
+    return str((base_dir / path).resolve())
+
+
+def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> ExperimentConfig:
+    """Validate a config mapping (schema only: no file system access)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid experiment config {source}: the top level must be a mapping of sections")
+    try:
+        config = ExperimentConfig.model_validate({**data, "source_path": source})
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+    if base_dir is not None:
+        storage = config.storage.model_copy(update={"root": _resolve_relative(config.storage.root, base_dir)})
+        model = config.model
+        if model.path is not None:
+            model = model.model_copy(update={"path": _resolve_relative(model.path, base_dir)})
+        config = config.model_copy(update={"storage": storage, "model": model})
+    return config
+
+
+def model_num_layers(config: ExperimentConfig) -> int:
+    """Number of decoder layers of the configured model, read from its config (never hard-coded)."""
+    if config.model.source == "tiny":
+        return config.model.tiny_spec.num_layers
+    model_dir = Path(config.model.path or "")
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(
+            f"model.path: {model_dir} has no config.json (model {config.model.name}). Download it first, "
+            f"e.g. `huggingface-cli download {config.model.name} --local-dir {model_dir}`, "
+            "or fix model.path; nothing is downloaded at run time"
+        )
+    hf_config = json.loads(config_file.read_text())
+    hf_config = hf_config.get("text_config", hf_config)  # multimodal wrappers nest the decoder config
+    if "num_hidden_layers" not in hf_config:
+        raise ConfigError(f"model.path: {config_file} has no num_hidden_layers: is this a causal LM?")
+    return int(hf_config["num_hidden_layers"])
+
+
+def check_against_model(config: ExperimentConfig) -> None:
+    """Checks that need the model's own config: model path present, layers in range."""
+    n_layers = model_num_layers(config)
+    out_of_range = [layer for layer in config.activations.layers if layer >= n_layers]
+    if out_of_range:
+        raise ConfigError(
+            f"activations.layers: {out_of_range} out of range; model {config.model.name} has "
+            f"{n_layers} layers (0..{n_layers - 1})"
+        )
+
+
+def load_config(path: str | Path | None = None) -> ExperimentConfig:
+    """Read, validate and check a config file; ``None`` means $INTERP_ASSETS_CONFIG or configs/tiny.yaml."""
+    config_path = Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH).resolve()
+    if not config_path.is_file():
+        raise ConfigError(f"{CONFIG_ENV_VAR}: config file {config_path} does not exist")
+    try:
+        data = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"invalid experiment config {config_path}: not valid YAML: {error}") from None
+    config = parse_config(data, source=str(config_path), base_dir=config_path.parent)
+    check_against_model(config)
+    return config

@@ -1,0 +1,448 @@
+"""Worker entry point: ``python -m interp_assets.worker <task>``.
+
+Run by a compute backend (a local subprocess or a SLURM job) under Dagster Pipes: the task reads
+its config and partition keys from the Pipes extras, does the heavy work with ``core``, writes
+artifacts to the storage root, and reports logs, metadata and a content-hash data version back to
+the Dagster run. Without Pipes (run by hand or by a benchmark) the same task runs from
+``--config``/``--partition`` and prints its result as JSON.
+
+Artifact layout under the storage root (paths built only here and in ``assets/``):
+  models/tiny-<spec hash>/               the tiny model (config.json, model.safetensors, tokenizer)
+  models/<model name>/card.json          a pretrained model's fingerprint
+  prompts/<behaviour>.parquet            Phase 0
+  baselines/<behaviour>.parquet (+.png)  Phase 1
+  activations/<hook>/layer_<L>/          Phase 2: <source>-<i>.safetensors shards + manifest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from interp_assets.config import PROJECT_ROOT, ExperimentConfig, parse_config
+from resources.storage import ArtifactStore, sha256_file
+
+# ---------------------------------------------------------------------------------------------
+# Artifact paths
+
+
+def tiny_model_relpath(config: ExperimentConfig) -> str:
+    spec = json.dumps(config.model.tiny_spec.model_dump(mode="json"), sort_keys=True)
+    return f"models/tiny-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+
+
+def model_card_relpath(config: ExperimentConfig) -> str:
+    return f"models/{config.model.name.replace('/', '--')}/card.json"
+
+
+def prompts_relpath(behaviour: str) -> str:
+    return f"prompts/{behaviour}.parquet"
+
+
+def baselines_relpath(behaviour: str) -> str:
+    return f"baselines/{behaviour}.parquet"
+
+
+def activations_relpath(config: ExperimentConfig, layer: int) -> str:
+    return f"activations/{config.activations.hook_point}/layer_{layer:03d}"
+
+
+def behaviour_seed(seed: int, behaviour: str) -> int:
+    """A per-behaviour seed that does not depend on which other behaviours are configured."""
+    return (seed * 1_000_003 + zlib.crc32(behaviour.encode())) % (2**31)
+
+
+# ---------------------------------------------------------------------------------------------
+# Task plumbing
+
+
+@dataclass
+class TaskResult:
+    metadata: dict[str, Any]
+    """Pipes metadata: raw values, or {"raw_value": ..., "type": "md" | "json" | ...}."""
+    data_version: str | None = None
+    partitions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-partition metadata of a range run, recorded by the asset for each partition key."""
+
+
+@dataclass
+class TaskContext:
+    config: ExperimentConfig
+    store: ArtifactStore
+    partition_keys: list[str]
+    log: Callable[[str], None]
+
+
+def git_commit() -> str:
+    if os.environ.get("INTERP_ASSETS_GIT_COMMIT"):
+        return os.environ["INTERP_ASSETS_GIT_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(config: ExperimentConfig, started: float) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    device = "cpu"
+    if torch.cuda.is_available() and config.model.device != "cpu":
+        device = torch.cuda.get_device_name(0)
+    return {
+        "provenance/git_commit": git_commit(),
+        "provenance/packages": {
+            "raw_value": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            },
+            "type": "json",
+        },
+        "provenance/seed": config.experiment.seed,
+        "provenance/model": config.model.name,
+        "provenance/model_revision": config.model.revision or "none",
+        "provenance/compute_backend": os.environ.get("INTERP_ASSETS_COMPUTE_BACKEND", "direct"),
+        "provenance/host": socket.gethostname(),
+        "provenance/device": device,
+        "provenance/slurm_job_id": os.environ.get("SLURM_JOB_ID", "none"),
+        "provenance/wall_seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def combined_version(versions: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()
+
+
+def _md(text: str) -> dict[str, Any]:
+    return {"raw_value": text, "type": "md"}
+
+
+def model_dir(ctx: TaskContext) -> Path:
+    if ctx.config.model.source == "pretrained":
+        return Path(ctx.config.model.path or "")
+    relpath = tiny_model_relpath(ctx.config)
+    try:
+        return ctx.store.local_dir(relpath)
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"the tiny model {ctx.store.url(relpath)} is not built: materialize language_model first"
+        ) from None
+
+
+def load_model(ctx: TaskContext):  # noqa: ANN201
+    from interp_assets.core.modeling import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(model_dir(ctx), ctx.config.model.dtype, ctx.config.model.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks
+
+
+def task_language_model(ctx: TaskContext) -> TaskResult:
+    """The tiny model: build + train into the storage root. A pretrained model: fingerprint it."""
+    config = ctx.config
+    if config.model.source == "pretrained":
+        return _fingerprint_pretrained(ctx)
+    from interp_assets.core.tiny_model import TinyModelSpec, build_tiny_model
+
+    spec = TinyModelSpec(**config.model.tiny_spec.model_dump())
+    relpath = tiny_model_relpath(config)
+    with tempfile.TemporaryDirectory(prefix="tiny-model-") as tmp:
+        summary = build_tiny_model(spec, tmp, log=ctx.log)
+        files = {p.name: sha256_file(p) for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+        ctx.store.put_dir(relpath, tmp)
+    return TaskResult(
+        metadata={
+            "path": ctx.store.url(relpath),
+            "files": {"raw_value": files, "type": "json"},
+            **{f"train/{key}": value for key, value in summary.items()},
+            "num_layers": spec.num_layers,
+            "hidden_size": spec.hidden_size,
+            "intermediate_size": spec.intermediate_size,
+        },
+        data_version=combined_version(files),
+    )
+
+
+def _fingerprint_pretrained(ctx: TaskContext) -> TaskResult:
+    model_path = Path(ctx.config.model.path or "")
+    hf_config = json.loads((model_path / "config.json").read_text())
+    # Hashing 6 GB of weights on every check would dominate; names + sizes + the index and config
+    # identify a hub snapshot (weights never change in place under the same names and sizes).
+    weights = {
+        p.name: p.stat().st_size for p in sorted(model_path.iterdir()) if p.suffix in {".safetensors", ".bin"}
+    }
+    if not weights:
+        raise RuntimeError(f"model.path {model_path}: no *.safetensors or *.bin weights")
+    card = {
+        "name": ctx.config.model.name,
+        "revision": ctx.config.model.revision,
+        "path": str(model_path),
+        "config_sha256": sha256_file(model_path / "config.json"),
+        "weights": weights,
+    }
+    ctx.store.write_json(model_card_relpath(ctx.config), card)
+    text_config = hf_config.get("text_config", hf_config)
+    return TaskResult(
+        metadata={
+            "path": str(model_path),
+            "num_layers": text_config["num_hidden_layers"],
+            "hidden_size": text_config["hidden_size"],
+            "intermediate_size": text_config["intermediate_size"],
+            "card": {"raw_value": card, "type": "json"},
+        },
+        data_version=combined_version({"card": json.dumps(card, sort_keys=True)}),
+    )
+
+
+def task_baselines(ctx: TaskContext) -> TaskResult:
+    """Phase 1: per-prompt logit difference, p(target), correctness on clean and corrupted."""
+    import polars as pl
+
+    from interp_assets.core.metrics import score_prompts
+    from interp_assets.core.plots import logit_diff_histogram, png_markdown
+
+    (behaviour,) = ctx.partition_keys
+    prompts = ctx.store.read_parquet(prompts_relpath(behaviour))
+    model, tokenizer = load_model(ctx)
+    batch_size = ctx.config.baselines.batch_size
+    columns: dict[str, Any] = {"id": prompts["id"], "behaviour": prompts["behaviour"], "split": prompts["split"]}
+    for variant in ("clean", "corrupted"):
+        scores = score_prompts(
+            model,
+            tokenizer,
+            prompts[variant].to_list(),
+            prompts["target"].to_list(),
+            prompts["foil"].to_list(),
+            batch_size,
+            progress=lambda done, total, v=variant: ctx.log(f"baselines {behaviour}/{v}: {done}/{total} prompts"),
+        )
+        columns[f"{variant}_logit_diff"] = scores.logit_diff.numpy()
+        columns[f"{variant}_p_target"] = scores.p_target.numpy()
+        columns[f"{variant}_correct"] = scores.correct.numpy()
+    table = pl.DataFrame(columns)
+    sha = ctx.store.write_parquet(baselines_relpath(behaviour), table)
+    png = logit_diff_histogram(
+        table["clean_logit_diff"].to_list(), table["corrupted_logit_diff"].to_list(), f"{behaviour}: logit difference"
+    )
+    ctx.store.write_bytes(baselines_relpath(behaviour).replace(".parquet", ".png"), png)
+    summary = {
+        "n_prompts": table.height,
+        "accuracy_clean": float(table["clean_correct"].mean()),
+        "accuracy_corrupted": float(table["corrupted_correct"].mean()),
+        "mean_logit_diff_clean": float(table["clean_logit_diff"].mean()),
+        "mean_logit_diff_corrupted": float(table["corrupted_logit_diff"].mean()),
+        "mean_p_target_clean": float(table["clean_p_target"].mean()),
+        "accuracy_clean_test": float(table.filter(pl.col("split") == "test")["clean_correct"].mean()),
+    }
+    return TaskResult(
+        metadata={
+            **summary,
+            "path": ctx.store.url(baselines_relpath(behaviour)),
+            "logit_diff_histogram": _md(png_markdown(png, f"{behaviour} logit difference")),
+        },
+        data_version=sha,
+    )
+
+
+def _corpus_texts(config: ExperimentConfig) -> list[str]:
+    section = config.activations
+    if section.corpus_path:
+        path = Path(section.corpus_path)
+        if not path.is_absolute() and config.source_path:
+            path = Path(config.source_path).parent / path
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return lines[: section.corpus_sequences]
+    from interp_assets.core.behaviours import generate_corpus
+
+    # Documents of several sentences so every document fills corpus_seq_len tokens.
+    sentences = generate_corpus(section.corpus_sequences * 4, behaviour_seed(config.experiment.seed, "corpus"))
+    return [" ".join(sentences[i : i + 4]) for i in range(0, len(sentences), 4)]
+
+
+def task_activations(ctx: TaskContext) -> TaskResult:
+    """Phase 2: capture every layer of the run's partition range in one forward pass per batch."""
+    import polars as pl
+    import safetensors.torch
+    import torch
+
+    from interp_assets.core.capture import CaptureSource, capture_activations
+    from interp_assets.core.hooks import hook_width, transformer_lens_name
+    from interp_assets.core.modeling import DTYPES
+
+    config, section = ctx.config, ctx.config.activations
+    layers = sorted(int(key) for key in ctx.partition_keys)
+    prompt_tables = [ctx.store.read_parquet(prompts_relpath(b)) for b in config.prompts.behaviours]
+    prompts = pl.concat(prompt_tables)
+    prompt_texts = prompts["clean"].to_list() + prompts["corrupted"].to_list()
+    prompt_rows = [
+        {"id": pid, "behaviour": beh, "variant": variant}
+        for variant in ("clean", "corrupted")
+        for pid, beh in zip(prompts["id"].to_list(), prompts["behaviour"].to_list(), strict=True)
+    ]
+    sources = [
+        CaptureSource("corpus", _corpus_texts(config), max_tokens=section.corpus_seq_len),
+        CaptureSource("prompts", prompt_texts, last_n_tokens=section.last_n_tokens),
+    ]
+    model, tokenizer = load_model(ctx)
+    width = hook_width(model.config, section.hook_point)
+    dtype = DTYPES[section.dtype]
+    # Shards sized in vectors; a manifest written last makes a layer's shards valid as a set.
+    for layer in layers:
+        ctx.store.delete(f"{activations_relpath(config, layer)}/manifest.json")
+
+    def write_shard(layer: int, source: str, index: int, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        name = f"{source}-{index:05d}.safetensors"
+        sha = ctx.store.write_bytes(f"{activations_relpath(config, layer)}/{name}", safetensors.torch.save(tensors))
+        return {"file": name, "n_vectors": int(tensors["activations"].shape[0]), "sha256": sha}
+
+    shards = capture_activations(
+        model,
+        tokenizer,
+        layers,
+        section.hook_point,
+        sources,
+        batch_size=section.batch_size,
+        dtype=dtype,
+        shard_max_vectors=section.shard_max_vectors,
+        write_shard=write_shard,
+        log=ctx.log,
+    )
+    versions, partitions = {}, {}
+    for layer in layers:
+        manifest = {
+            "layer": layer,
+            "hook_point": section.hook_point,
+            "hook_name": transformer_lens_name(section.hook_point, layer),
+            "model": config.model.name,
+            "width": width,
+            "dtype": section.dtype,
+            "sources": {
+                name: {"n_vectors": sum(s["n_vectors"] for s in records), "shards": records}
+                for name, records in shards[layer].items()
+            },
+            "prompt_rows": prompt_rows,
+            "last_n_tokens": section.last_n_tokens,
+            "corpus_seq_len": section.corpus_seq_len,
+        }
+        relpath = activations_relpath(config, layer)
+        versions[str(layer)] = ctx.store.write_json(f"{relpath}/manifest.json", manifest)
+        listed = {s["file"] for records in shards[layer].values() for s in records} | {"manifest.json"}
+        for stale in set(ctx.store.list(relpath)) - listed:
+            ctx.store.delete(f"{relpath}/{stale}")
+        partitions[str(layer)] = {
+            "path": ctx.store.url(relpath),
+            "n_vectors_corpus": manifest["sources"]["corpus"]["n_vectors"],
+            "n_vectors_prompts": manifest["sources"]["prompts"]["n_vectors"],
+            "n_shards": sum(len(records) for records in shards[layer].values()),
+            "width": width,
+            "dtype": section.dtype,
+            "hook_name": manifest["hook_name"],
+            "manifest_sha256": versions[str(layer)],
+        }
+    return TaskResult(
+        metadata={
+            "layers": {"raw_value": layers, "type": "json"},
+            "hook_point": section.hook_point,
+            "width": width,
+            "forward_passes_per_batch": 1,
+            "layer_manifest_sha256": {"raw_value": versions, "type": "json"},
+        },
+        data_version=combined_version(versions),
+        partitions=partitions,
+    )
+
+
+TASKS: dict[str, Callable[[TaskContext], TaskResult]] = {
+    "language_model": task_language_model,
+    "baselines": task_baselines,
+    "activations": task_activations,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _set_threads() -> None:
+    threads = int(os.environ.get("INTERP_ASSETS_TORCH_THREADS", "0") or 0)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _run_under_pipes(task: str) -> None:
+    from dagster_pipes import open_dagster_pipes
+
+    with open_dagster_pipes() as pipes:
+        started = time.perf_counter()
+        extras = pipes.extras
+        config = parse_config(extras["config"], source=extras.get("config_source", "<pipes extras>"))
+        ctx = TaskContext(
+            config=config,
+            store=ArtifactStore(config.storage.root),
+            partition_keys=list(extras.get("partition_keys") or []),
+            log=pipes.log.info,
+        )
+        result = TASKS[task](ctx)
+        if result.partitions:
+            pipes.report_custom_message({"partitions": result.partitions})
+        pipes.report_asset_materialization(
+            metadata={**result.metadata, **provenance(config, started)}, data_version=result.data_version
+        )
+
+
+def _run_direct(task: str, config_path: str, partition_keys: list[str]) -> None:
+    from interp_assets.config import load_config
+
+    started = time.perf_counter()
+    config = load_config(config_path)
+    ctx = TaskContext(
+        config=config,
+        store=ArtifactStore(config.storage.root),
+        partition_keys=partition_keys,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    result = TASKS[task](ctx)
+    metadata = {**result.metadata, **provenance(config, started)}
+    print(json.dumps({"data_version": result.data_version, "metadata": metadata, "partitions": result.partitions}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m interp_assets.worker", description=__doc__.split("\n")[0])
+    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("--config", help="run without Dagster Pipes: the experiment config file")
+    parser.add_argument("--partition", action="append", default=[], help="partition key (repeatable)")
+    args = parser.parse_args(argv)
+    _set_threads()
+    from dagster_pipes import PipesEnvVarParamsLoader
+
+    if PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        _run_under_pipes(args.task)
+    elif args.config:
+        _run_direct(args.task, args.config, args.partition)
+    else:
+        parser.error("not launched by Dagster Pipes: pass --config (and --partition) to run directly")
+
+
+if __name__ == "__main__":
+    main()

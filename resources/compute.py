@@ -1,0 +1,53 @@
+"""Compute backends: where a heavy asset's worker task runs.
+
+Every backend has the same interface, ``run(context, task=..., extras=...)``, and talks Dagster
+Pipes with ``python -m interp_assets.worker <task>``: the worker's logs and results come back
+into the Dagster run, and the Dagster process itself never loads the model. ``LocalCompute``
+runs the worker as a subprocess here; the SLURM backend submits the same command as a job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+WORKER_MODULE = "interp_assets.worker"
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """The seam every heavy asset calls; assets are typed against this, backends subclass it."""
+
+    def run(
+        self, context: dg.AssetExecutionContext, *, task: str, extras: dict[str, Any]
+    ) -> dg.PipesClientCompletedInvocation:
+        raise NotImplementedError
+
+
+class LocalCompute(ComputeResource):
+    """Run worker tasks as subprocesses of the Dagster step, on this machine."""
+
+    python_executable: str = sys.executable
+    """Interpreter that runs the worker (the project's venv by default)."""
+    torch_threads: int = 0
+    """Threads torch may use in the worker; 0 leaves torch's default (all cores)."""
+    env: dict[str, str] = {}
+    """Extra environment for the worker."""
+
+    def worker_command(self, task: str) -> list[str]:
+        return [self.python_executable, "-m", WORKER_MODULE, task]
+
+    def run(
+        self, context: dg.AssetExecutionContext, *, task: str, extras: dict[str, Any]
+    ) -> dg.PipesClientCompletedInvocation:
+        env = {**self.env, "INTERP_ASSETS_COMPUTE_BACKEND": "local"}
+        if self.torch_threads:
+            env["INTERP_ASSETS_TORCH_THREADS"] = str(self.torch_threads)
+        # The worker must import this checkout's packages even when the step runs from elsewhere.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+        client = dg.PipesSubprocessClient(env=env, cwd=str(PROJECT_ROOT))
+        return client.run(command=self.worker_command(task), context=context, extras=extras)

@@ -1,0 +1,161 @@
+"""Artifact storage under one root: a local folder or any fsspec URL.
+
+Plain Python (no Dagster) so the worker, on a laptop or a SLURM node, writes exactly as the
+orchestrator reads. Every write is atomic: bytes go to a temporary sibling, then one rename
+makes them visible, so a crash leaves either the old artifact or the new one, never half of
+one. Multi-file artifacts (activation shards) are made valid by writing their manifest last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+_TMP_MARK = ".tmp-"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ArtifactStore:
+    """Read and write artifacts by relative path (``prompts/ioi.parquet``) under a root."""
+
+    def __init__(self, root: str) -> None:
+        self.root_url = root
+        self.fs, self.root = fsspec.core.url_to_fs(root)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def _path(self, relpath: str) -> str:
+        parts = Path(relpath).parts
+        if not relpath or Path(relpath).is_absolute() or ".." in parts:
+            raise ValueError(f"artifact path {relpath!r} must be relative and stay under the storage root")
+        return f"{self.root.rstrip('/')}/{relpath}"
+
+    def url(self, relpath: str) -> str:
+        path = self._path(relpath)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def exists(self, relpath: str) -> bool:
+        return self.fs.exists(self._path(relpath))
+
+    def write_bytes(self, relpath: str, data: bytes) -> str:
+        """Atomically write ``data``; returns its sha256."""
+        path = self._path(relpath)
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{path}{_TMP_MARK}{uuid.uuid4().hex}"
+        try:
+            if self.is_local:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            else:
+                self.fs.pipe_file(tmp, data)
+                self.fs.mv(tmp, path)
+        except BaseException:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+            raise
+        return sha256_bytes(data)
+
+    def read_bytes(self, relpath: str) -> bytes:
+        return self.fs.cat_file(self._path(relpath))
+
+    def write_json(self, relpath: str, obj: Any) -> str:
+        # sorted keys + no NaN: the same content always gives the same bytes, hence the same hash.
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+        return self.write_bytes(relpath, text.encode())
+
+    def read_json(self, relpath: str) -> Any:
+        return json.loads(self.read_bytes(relpath))
+
+    def write_parquet(self, relpath: str, frame: Any) -> str:
+        """Write a polars DataFrame as Parquet; returns the sha256 of the file."""
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, statistics=False)
+        return self.write_bytes(relpath, buffer.getvalue())
+
+    def read_parquet(self, relpath: str) -> Any:
+        import polars as pl
+
+        return pl.read_parquet(io.BytesIO(self.read_bytes(relpath)))
+
+    def delete(self, relpath: str) -> None:
+        path = self._path(relpath)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def list(self, relpath: str) -> list[str]:
+        """Names directly under a folder, temporary files excluded."""
+        path = self._path(relpath)
+        if not self.fs.exists(path):
+            return []
+        names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(path, detail=False)]
+        return sorted(name for name in names if _TMP_MARK not in name)
+
+    def put_dir(self, relpath: str, local_dir: str | Path) -> None:
+        """Publish a finished local folder at ``relpath`` as one unit (replacing any previous one).
+
+        Locally this is a rename of a complete sibling folder; on an object store the files are
+        uploaded first and a ``_COMPLETE`` marker last, which readers check.
+        """
+        path = self._path(relpath)
+        local_dir = Path(local_dir)
+        if self.is_local:
+            parent = Path(path).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=Path(path).name + _TMP_MARK, dir=parent))
+            shutil.copytree(local_dir, staging, dirs_exist_ok=True)
+            (staging / "_COMPLETE").write_text("")
+            old = None
+            if Path(path).exists():
+                old = parent / f"{Path(path).name}{_TMP_MARK}old-{uuid.uuid4().hex}"
+                os.replace(path, old)
+            os.replace(staging, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.delete(f"{relpath}/_COMPLETE")
+            for file in sorted(local_dir.rglob("*")):
+                if file.is_file():
+                    self.write_bytes(f"{relpath}/{file.relative_to(local_dir).as_posix()}", file.read_bytes())
+            self.write_bytes(f"{relpath}/_COMPLETE", b"")
+
+    def is_complete_dir(self, relpath: str) -> bool:
+        return self.exists(f"{relpath}/_COMPLETE")
+
+    def local_dir(self, relpath: str, cache_dir: str | Path | None = None) -> Path:
+        """A local folder holding the published folder ``relpath`` (downloaded if the root is remote)."""
+        if not self.is_complete_dir(relpath):
+            raise FileNotFoundError(f"{self.url(relpath)} is missing or incomplete")
+        if self.is_local:
+            return Path(self._path(relpath))
+        cache = Path(cache_dir or Path(tempfile.gettempdir()) / "interp_assets_cache") / relpath
+        if not (cache / "_COMPLETE").exists():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=cache.name + _TMP_MARK, dir=cache.parent))
+            self.fs.get(self._path(relpath) + "/", str(staging), recursive=True)
+            shutil.rmtree(cache, ignore_errors=True)
+            os.replace(staging, cache)
+        return cache

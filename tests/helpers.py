@@ -1,0 +1,36 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TINY_CONFIG = PROJECT_ROOT / "configs" / "tiny.yaml"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def tiny_config_dict() -> dict[str, Any]:
+    return yaml.safe_load(TINY_CONFIG.read_text())
+
+
+def deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def write_config(directory: Path, updates: dict[str, Any] | None = None, name: str = "config.yaml") -> Path:
+    """tiny.yaml with ``updates`` merged in, storage under ``directory`` unless given."""
+    data = deep_update(tiny_config_dict(), {"storage": {"root": str(directory / "storage")}})
+    data = deep_update(data, updates or {})
+    path = directory / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
