@@ -184,6 +184,7 @@ class SaeSection(_Section):
     """SAE hyper-parameters (Phase 3). Defaults are the spec's."""
 
     architecture: Literal["relu", "topk"] = "relu"
+    """relu: ReLU + L1 weighted by decoder norms (SAELens "standard"); topk: k active + AuxK."""
     expansion_factor: int = Field(default=4, ge=1, le=256)
     k: int = Field(default=64, ge=1, le=65_536)
     batch_size: int = Field(default=256, ge=1, le=1_000_000)
@@ -193,10 +194,29 @@ class SaeSection(_Section):
     lr_decay_steps: int = Field(default=10_000, ge=0)
     l1_coefficient: float = Field(default=5.0, ge=0)
     l1_warmup_steps: int = Field(default=5000, ge=0)
+    aux_k_coefficient: float = Field(default=1 / 32, ge=0)
+    dead_window_steps: int = Field(default=1000, ge=1)
+    """A feature that has not fired for this many steps counts as dead."""
+    grad_clip: float = Field(default=1.0, gt=0)
     checkpoint_every: int = Field(default=5000, ge=1)
+    log_every: int = Field(default=500, ge=1)
+    shuffle_buffer_vectors: int = Field(default=262_144, ge=256, le=1_000_000_000)
+    """Vectors held in memory for shuffling (memory is this × d_in × 2 bytes, whatever the data)."""
+    eval_vectors: int = Field(default=4096, ge=1, le=10_000_000)
+    """Held-out corpus vectors for explained variance (never trained on)."""
+    ce_eval_texts: int = Field(default=64, ge=1, le=100_000)
+    """Corpus documents used for CE-loss recovered (SAE spliced into the model)."""
     min_explained_variance: float = Field(default=0.7, ge=0, le=1)
     max_dead_fraction: float = Field(default=0.2, ge=0, le=1)
     seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> SaeSection:
+        if self.lr_warmup_steps + self.lr_decay_steps > self.steps:
+            raise ValueError(
+                f"lr_warmup_steps + lr_decay_steps ({self.lr_warmup_steps} + {self.lr_decay_steps}) exceed steps ({self.steps})"
+            )
+        return self
 
 
 class AttributionSection(_Section):

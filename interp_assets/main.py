@@ -18,7 +18,7 @@ from interp_assets.config import load_config
 from interp_assets.definitions import build_definitions
 
 # Phases whose assets are still placeholders (they raise "not implemented yet").
-PENDING = {"saes", "attribution_graphs", "interventions"}
+PENDING = {"attribution_graphs", "interventions"}
 
 
 def _failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
@@ -55,8 +55,8 @@ def materialize_study(config_path: str | None, instance: dg.DagsterInstance, inc
     first, last = config.layer_keys[0], config.layer_keys[-1]
     range_tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     run(["activations"], f"activations [layers {first}..{last}, one run]", tags=range_tags)
+    run(["saes"], f"saes [layers {first}..{last}, one run]", tags=range_tags)
     if include_pending:
-        run(["saes"], f"saes [layers {first}..{last}]", tags=range_tags)
         for behaviour in config.prompts.behaviours:
             run(["attribution_graphs", "interventions"], f"attribution + interventions [{behaviour}]",
                 partition_key=behaviour)

@@ -12,6 +12,9 @@ Artifact layout under the storage root (paths built only here and in ``assets/``
   prompts/<behaviour>.parquet            Phase 0
   baselines/<behaviour>.parquet (+.png)  Phase 1
   activations/<hook>/layer_<L>/          Phase 2: <source>-<i>.safetensors shards + manifest.json
+  saes/<hook>/layer_<L>/                 Phase 3: cfg.json + sae_weights.safetensors (SAELens) +
+                                         training.json + training_curve.png
+  checkpoints/saes/<hook>/layer_<L>/     Phase 3: the latest training checkpoint (deleted when done)
 """
 
 from __future__ import annotations
@@ -58,6 +61,15 @@ def baselines_relpath(behaviour: str) -> str:
 
 def activations_relpath(config: ExperimentConfig, layer: int) -> str:
     return f"activations/{config.activations.hook_point}/layer_{layer:03d}"
+
+
+def saes_relpath(config: ExperimentConfig, layer: int) -> str:
+    return f"saes/{config.activations.hook_point}/layer_{layer:03d}"
+
+
+def sae_checkpoint_relpath(config: ExperimentConfig, layer: int) -> str:
+    # Outside the SAE folder, which is replaced as a whole when training finishes.
+    return f"checkpoints/saes/{config.activations.hook_point}/layer_{layer:03d}/checkpoint.pt"
 
 
 def behaviour_seed(seed: int, behaviour: str) -> int:
@@ -371,10 +383,146 @@ def task_activations(ctx: TaskContext) -> TaskResult:
     )
 
 
+def _trainer_config(config: ExperimentConfig):  # noqa: ANN202
+    from interp_assets.core.sae import CONFIG_TO_SAELENS_ARCHITECTURE
+    from interp_assets.core.sae_training import TrainerConfig
+
+    section = config.sae
+    return TrainerConfig(
+        architecture=CONFIG_TO_SAELENS_ARCHITECTURE[section.architecture],
+        **section.model_dump(
+            include={
+                "expansion_factor", "k", "batch_size", "steps", "lr", "lr_warmup_steps", "lr_decay_steps",
+                "l1_coefficient", "l1_warmup_steps", "aux_k_coefficient", "dead_window_steps", "grad_clip",
+                "checkpoint_every", "log_every", "seed",
+            }
+        ),
+    )
+
+
+def _train_one_sae(ctx: TaskContext, layer: int, model, tokenizer) -> dict[str, Any]:  # noqa: ANN001
+    """Train (or resume, or skip when already done for this config and data) one layer's SAE."""
+    from interp_assets.core.hooks import transformer_lens_name
+    from interp_assets.core.plots import training_curves
+    from interp_assets.core.sae import save_sae
+    from interp_assets.core.sae_data import ShardedActivations, ShuffledBatches
+    from interp_assets.core.sae_eval import ce_loss_recovered
+    from interp_assets.core.sae_training import train_sae
+
+    config, store = ctx.config, ctx.store
+    act_relpath, out_relpath = activations_relpath(config, layer), saes_relpath(config, layer)
+    checkpoint = sae_checkpoint_relpath(config, layer)
+    if not store.exists(f"{act_relpath}/manifest.json"):
+        raise RuntimeError(f"layer {layer}: no activations at {store.url(act_relpath)}: materialize activations first")
+    manifest_bytes = store.read_bytes(f"{act_relpath}/manifest.json")
+    manifest = json.loads(manifest_bytes)
+    trainer_config = _trainer_config(config)
+    fingerprint = trainer_config.fingerprint(hashlib.sha256(manifest_bytes).hexdigest())
+
+    # A retry of a range run skips layers that already finished for this config and data.
+    if store.is_complete_dir(out_relpath):
+        record = store.read_json(f"{out_relpath}/training.json")
+        if record.get("fingerprint") == fingerprint:
+            ctx.log(f"layer {layer}: SAE already trained for this config and data, skipped")
+            return record["summary"]
+
+    shards = [store.local_file(f"{act_relpath}/{s['file']}") for s in manifest["sources"]["corpus"]["shards"]]
+    total = manifest["sources"]["corpus"]["n_vectors"]
+    data = ShardedActivations(shards, held_out=min(config.sae.eval_vectors, total // 10))
+    batches = ShuffledBatches(data, trainer_config.batch_size, seed=trainer_config.seed,
+                              chunk_vectors=config.sae.shuffle_buffer_vectors)
+    metadata = {
+        "model_name": config.model.name,
+        "hook_name": transformer_lens_name(config.activations.hook_point, layer),
+        "hook_point": config.activations.hook_point,
+        "layer": layer,
+        "context_size": config.activations.corpus_seq_len,
+        "dataset_path": store.url(act_relpath),
+    }
+    ctx.log(f"layer {layer}: training a {trainer_config.architecture} SAE {data.d_in}→"
+            f"{data.d_in * trainer_config.expansion_factor} on {data.n_vectors} vectors, {trainer_config.steps} steps")
+
+    def load_checkpoint() -> bytes | None:
+        return store.read_bytes(checkpoint) if store.exists(checkpoint) else None
+
+    result = train_sae(
+        batches,
+        trainer_config,
+        data_fingerprint=hashlib.sha256(manifest_bytes).hexdigest(),
+        metadata=metadata,
+        device=model.device if model is not None else "cpu",
+        load_checkpoint=load_checkpoint,
+        save_checkpoint=lambda blob: store.write_bytes(checkpoint, blob),
+        log=lambda message: ctx.log(f"layer {layer}: {message}"),
+        eval_vectors=data.held_out_vectors(),
+    )
+    sae = result.sae.cpu()
+    final = result.history[-1]
+    ce = ce_loss_recovered(model, tokenizer, _corpus_texts(config)[: config.sae.ce_eval_texts], layer,
+                           config.activations.hook_point, sae.to(model.device), max_tokens=config.activations.corpus_seq_len)
+    summary = {
+        "explained_variance": final["eval/explained_variance"],
+        "explained_variance_train_batch": final["metrics/explained_variance"],
+        "l0": final["metrics/l0"],
+        "dead_fraction": final["sparsity/dead_fraction"],
+        "mse": final["losses/mse"],
+        **ce,
+        "d_in": data.d_in,
+        "d_sae": sae.spec.d_sae,
+        "architecture": sae.spec.architecture,
+        "steps": trainer_config.steps,
+        "resumed_from_step": result.resumed_from_step,
+        "train_seconds": round(result.seconds, 3),
+        "steps_per_s": (trainer_config.steps - result.resumed_from_step) / max(result.seconds, 1e-9),
+    }
+    png = training_curves(result.history, f"layer {layer}: SAE training")
+    with tempfile.TemporaryDirectory(prefix="sae-") as tmp:
+        save_sae(sae, tmp)
+        summary["weights_sha256"] = sha256_file(Path(tmp) / "sae_weights.safetensors")
+        (Path(tmp) / "training_curve.png").write_bytes(png)
+        # Our own record next to the SAELens files: what was trained, how, and how it went.
+        record = {"fingerprint": fingerprint, "config": config.sae.model_dump(mode="json"),
+                  "summary": summary, "history": result.history}
+        (Path(tmp) / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+        store.put_dir(out_relpath, tmp)
+    store.delete(checkpoint)  # only once the finished SAE is published
+    return summary
+
+
+def task_saes(ctx: TaskContext) -> TaskResult:
+    """Phase 3: one SAE per layer of the run, one after another in this worker."""
+    from interp_assets.core.plots import png_markdown
+
+    model, tokenizer = load_model(ctx)
+    layers = sorted(int(key) for key in ctx.partition_keys)
+    summaries, partitions = {}, {}
+    for layer in layers:
+        summary = _train_one_sae(ctx, layer, model, tokenizer)
+        summaries[str(layer)] = summary
+        png = ctx.store.read_bytes(f"{saes_relpath(ctx.config, layer)}/training_curve.png")
+        partitions[str(layer)] = {
+            **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
+            "path": ctx.store.url(saes_relpath(ctx.config, layer)),
+            "training_curve": _md(png_markdown(png, f"layer {layer} SAE training curve")),
+        }
+    return TaskResult(
+        metadata={
+            "layers": {"raw_value": layers, "type": "json"},
+            "explained_variance": {"raw_value": {k: s["explained_variance"] for k, s in summaries.items()}, "type": "json"},
+            "dead_fraction": {"raw_value": {k: s["dead_fraction"] for k, s in summaries.items()}, "type": "json"},
+            "l0": {"raw_value": {k: s["l0"] for k, s in summaries.items()}, "type": "json"},
+            "ce_loss_recovered": {"raw_value": {k: s["ce_loss_recovered"] for k, s in summaries.items()}, "type": "json"},
+        },
+        data_version=combined_version({k: s["weights_sha256"] for k, s in summaries.items()}),
+        partitions=partitions,
+    )
+
+
 TASKS: dict[str, Callable[[TaskContext], TaskResult]] = {
     "language_model": task_language_model,
     "baselines": task_baselines,
     "activations": task_activations,
+    "saes": task_saes,
 }
 
 

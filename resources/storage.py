@@ -145,6 +145,18 @@ class ArtifactStore:
     def is_complete_dir(self, relpath: str) -> bool:
         return self.exists(f"{relpath}/_COMPLETE")
 
+    def local_file(self, relpath: str, cache_dir: str | Path | None = None) -> Path:
+        """A local path for the file ``relpath`` (downloaded once into a cache if the root is remote)."""
+        if self.is_local:
+            return Path(self._path(relpath))
+        cache = Path(cache_dir or Path(tempfile.gettempdir()) / "interp_assets_cache") / relpath
+        if not cache.exists():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.name + _TMP_MARK + uuid.uuid4().hex)
+            self.fs.get_file(self._path(relpath), str(tmp))
+            os.replace(tmp, cache)
+        return cache
+
     def local_dir(self, relpath: str, cache_dir: str | Path | None = None) -> Path:
         """A local folder holding the published folder ``relpath`` (downloaded if the root is remote)."""
         if not self.is_complete_dir(relpath):

@@ -20,7 +20,7 @@ EXPECTED_GRAPH = {
     "prompts": ("behaviour", set()),
     "baselines": ("behaviour", {"language_model", "prompts"}),
     "activations": ("layer", {"language_model", "prompts"}),
-    "saes": ("layer", {"activations"}),
+    "saes": ("layer", {"activations", "language_model"}),
     "attribution_graphs": ("behaviour", {"saes", "prompts", "baselines"}),
     "interventions": ("behaviour", {"attribution_graphs", "saes", "prompts"}),
 }

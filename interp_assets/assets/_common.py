@@ -16,6 +16,23 @@ def code_version(config: ExperimentConfig, logic_version: str, *sections: str) -
     return f"{logic_version}+{config.section_hash(*sections)}"
 
 
+_PIPES_TYPES = {
+    "md": dg.MetadataValue.md,
+    "json": dg.MetadataValue.json,
+    "text": dg.MetadataValue.text,
+    "path": dg.MetadataValue.path,
+    "url": dg.MetadataValue.url,
+}
+
+
+def _metadata_value(value: Any) -> Any:
+    """Custom Pipes messages carry raw JSON: decode the {"raw_value", "type"} form the worker
+    uses for typed metadata (markdown plots, JSON tables) as Pipes itself would."""
+    if isinstance(value, dict) and set(value) == {"raw_value", "type"} and value["type"] in _PIPES_TYPES:
+        return _PIPES_TYPES[value["type"]](value["raw_value"])
+    return value
+
+
 def run_worker(
     context: dg.AssetExecutionContext, compute: ComputeResource, *, task: str, config: ExperimentConfig
 ) -> dg.MaterializeResult:
@@ -33,7 +50,7 @@ def run_worker(
     invocation = compute.run(context, task=task, extras=extras)
     for message in invocation.get_custom_messages():
         for key, metadata in (message or {}).get("partitions", {}).items():
-            context.add_asset_metadata(metadata, partition_key=key)
+            context.add_asset_metadata({k: _metadata_value(v) for k, v in metadata.items()}, partition_key=key)
     return invocation.get_materialize_result()
 
 

@@ -1,28 +1,60 @@
-"""Phase 3: one sparse autoencoder per layer, trained on that layer's activations."""
+"""Phase 3: one sparse autoencoder per layer, trained on that layer's activations. A backfill of
+layer partitions is one run; locally the layers train one after another in one worker (on SLURM,
+one array job). Output per layer: a SAELens-loadable folder + our training record."""
 
 # No `from __future__ import annotations`: Dagster reads the context/resource type hints at runtime.
 import dagster as dg
 
-from interp_assets.assets._common import code_version, not_implemented
+from interp_assets.assets._common import code_version, run_worker
 from interp_assets.config import ExperimentConfig
 from interp_assets.partitions import layer_partitions
 from resources.compute import ComputeResource
 
-LOGIC_VERSION = "0"
+LOGIC_VERSION = "1"
+
+
+def sae_checks(metadata: dict, min_explained_variance: float, max_dead_fraction: float) -> list[dg.AssetCheckResult]:
+    """The spec's validation bar, per layer of the run: every layer must pass."""
+    explained = {k: float(v) for k, v in metadata["explained_variance"].value.items()}
+    dead = {k: float(v) for k, v in metadata["dead_fraction"].value.items()}
+    return [
+        dg.AssetCheckResult(
+            check_name="explained_variance_above_threshold",
+            passed=all(value >= min_explained_variance for value in explained.values()),
+            metadata={"explained_variance_by_layer": explained, "min_observed": min(explained.values()),
+                      "threshold": min_explained_variance},
+        ),
+        dg.AssetCheckResult(
+            check_name="dead_fraction_below_bound",
+            passed=all(value <= max_dead_fraction for value in dead.values()),
+            metadata={"dead_fraction_by_layer": dead, "max_observed": max(dead.values()), "bound": max_dead_fraction},
+        ),
+    ]
 
 
 def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
     @dg.asset(
         partitions_def=layer_partitions(config),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=["activations"],
+        deps=["activations", "language_model"],
         code_version=code_version(config, LOGIC_VERSION, "sae"),
         group_name="study",
         kinds={"pytorch", "safetensors"},
         pool="compute",
+        check_specs=[
+            dg.AssetCheckSpec("explained_variance_above_threshold", asset="saes", blocking=True,
+                              description="held-out explained variance (R²) ≥ sae.min_explained_variance on every layer"),
+            dg.AssetCheckSpec("dead_fraction_below_bound", asset="saes",
+                              description="fraction of dead features ≤ sae.max_dead_fraction on every layer"),
+        ],
         description=__doc__,
     )
     def saes(context: dg.AssetExecutionContext, compute: ComputeResource) -> dg.MaterializeResult:
-        not_implemented("saes", "issue 4: SAE trainer")
+        result = run_worker(context, compute, task="saes", config=config)
+        return dg.MaterializeResult(
+            metadata=result.metadata,
+            data_version=result.data_version,
+            check_results=sae_checks(result.metadata or {}, config.sae.min_explained_variance, config.sae.max_dead_fraction),
+        )
 
     return [saes]

@@ -33,6 +33,31 @@ def logit_diff_histogram(clean: Sequence[float], corrupted: Sequence[float], tit
     return buffer.getvalue()
 
 
+def training_curves(history: Sequence[dict[str, float]], title: str) -> bytes:
+    """Loss, explained variance, L0 and dead fraction against step, as PNG bytes."""
+    steps = [record["step"] for record in history]
+    panels = [
+        ("losses/overall", "loss", True),
+        ("metrics/explained_variance", "explained variance (R²)", False),
+        ("metrics/l0", "L0", False),
+        ("sparsity/dead_fraction", "dead fraction", False),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.8), dpi=100)
+    for ax, (key, label, log_scale) in zip(axes, panels, strict=True):
+        ax.plot(steps, [record.get(key, float("nan")) for record in history], color="tab:blue")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        if log_scale:
+            ax.set_yscale("log")
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def png_markdown(png: bytes, alt: str) -> str:
     """Markdown that the Dagster UI renders as an inline image."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
