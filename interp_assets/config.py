@@ -53,12 +53,15 @@ class TinyModelSection(_Section):
     num_kv_heads: int = Field(default=2, ge=1, le=64)
     vocab_size: int = Field(default=768, ge=300, le=65536)
     """Embedding rows; large enough that every name/country/capital is one token."""
-    seq_len: int = Field(default=48, ge=8, le=2048)
-    train_steps: int = Field(default=1500, ge=1, le=1_000_000)
+    seq_len: int = Field(default=18, ge=8, le=2048)
+    """Training window: the longest corpus sentence (sentences are packed, never attend across)."""
+    train_steps: int = Field(default=1300, ge=1, le=1_000_000)
     batch_size: int = Field(default=64, ge=1, le=4096)
     lr: float = Field(default=3e-3, gt=0, le=1)
     warmup_steps: int = Field(default=100, ge=0)
     weight_decay: float = Field(default=0.01, ge=0)
+    init_std: float = Field(default=0.1, gt=0, le=1)
+    """Init scale; Qwen2's 0.02 leaves IOI at chance for ~1000 steps at this size."""
     corpus_sentences: int = Field(default=40_000, ge=100, le=10_000_000)
     seed: int = Field(default=0, ge=0)
 
@@ -238,6 +241,13 @@ class InterventionsSection(_Section):
     checkpoint_every: int = Field(default=10, ge=1)
 
 
+class AutomationSection(_Section):
+    enabled: bool = True
+    """Start the rematerialize_stale sensor with `dagster dev` (it can be toggled in the UI)."""
+    interval_seconds: int = Field(default=30, ge=5, le=86_400)
+    """How often the sensor looks for stale or missing partitions."""
+
+
 class StorageSection(_Section):
     root: str = "../dagster_home/storage"
     """Where artifacts live: a local folder (relative to the config file) or an fsspec URL."""
@@ -252,6 +262,7 @@ class ExperimentConfig(_Section):
     sae: SaeSection = SaeSection()
     attribution: AttributionSection = AttributionSection()
     interventions: InterventionsSection = InterventionsSection()
+    automation: AutomationSection = AutomationSection()
     storage: StorageSection = StorageSection()
 
     source_path: str | None = Field(default=None, exclude=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from interp_assets.assets import PHASES
+from interp_assets.automation import automation_sensor, with_automation
 from interp_assets.config import load_config
 from resources.compute import LocalCompute
 
@@ -23,8 +24,8 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
     config = load_config(config_path)
-    assets = [definition for phase in PHASES for definition in phase.build(config)]
-    return dg.Definitions(assets=assets, resources={"compute": LocalCompute()})
+    assets = with_automation([definition for phase in PHASES for definition in phase.build(config)])
+    return dg.Definitions(assets=assets, sensors=[automation_sensor(config)], resources={"compute": LocalCompute()})
 
 
 defs = build_definitions()

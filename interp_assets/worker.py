@@ -177,10 +177,20 @@ def task_language_model(ctx: TaskContext) -> TaskResult:
 
     spec = TinyModelSpec(**config.model.tiny_spec.model_dump())
     relpath = tiny_model_relpath(config)
-    with tempfile.TemporaryDirectory(prefix="tiny-model-") as tmp:
-        summary = build_tiny_model(spec, tmp, log=ctx.log)
-        files = {p.name: sha256_file(p) for p in sorted(Path(tmp).iterdir()) if p.is_file()}
-        ctx.store.put_dir(relpath, tmp)
+    if ctx.store.is_complete_dir(relpath):
+        # The folder name is the hash of the spec, and the build is deterministic: a complete
+        # folder is exactly what a rebuild would produce, so it is reused (and re-hashed).
+        ctx.log(f"tiny model {ctx.store.url(relpath)} already built for this spec: reusing it")
+        local = ctx.store.local_dir(relpath)
+        summary = ctx.store.read_json(f"{relpath}/build_summary.json")
+    else:
+        with tempfile.TemporaryDirectory(prefix="tiny-model-") as tmp:
+            summary = build_tiny_model(spec, tmp, log=ctx.log)
+            (Path(tmp) / "build_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+            ctx.store.put_dir(relpath, tmp)
+        local = ctx.store.local_dir(relpath)
+    files = {p.name: sha256_file(p) for p in sorted(local.iterdir()) if p.is_file() and p.name not in {"_COMPLETE"}}
+    files.pop("build_summary.json", None)  # wall-clock figures: not part of the model's identity
     return TaskResult(
         metadata={
             "path": ctx.store.url(relpath),
@@ -285,9 +295,9 @@ def _corpus_texts(config: ExperimentConfig) -> list[str]:
         return lines[: section.corpus_sequences]
     from interp_assets.core.behaviours import generate_corpus
 
-    # Documents of several sentences so every document fills corpus_seq_len tokens.
-    sentences = generate_corpus(section.corpus_sequences * 4, behaviour_seed(config.experiment.seed, "corpus"))
-    return [" ".join(sentences[i : i + 4]) for i in range(0, len(sentences), 4)]
+    # One sentence per document: the tiny model is trained on sentences that never attend to
+    # each other, so this is the distribution its activations come from.
+    return generate_corpus(section.corpus_sequences, behaviour_seed(config.experiment.seed, "corpus"))
 
 
 def task_activations(ctx: TaskContext) -> TaskResult:

@@ -34,3 +34,10 @@ def write_config(directory: Path, updates: dict[str, Any] | None = None, name: s
     path = directory / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def seed_tiny_model(storage_root: str | Path, built_storage: Path) -> None:
+    """Copy an already built tiny model into another storage root (same spec, same folder)."""
+    import shutil
+
+    shutil.copytree(built_storage / "models", Path(storage_root) / "models", dirs_exist_ok=True)

@@ -33,6 +33,16 @@ def _metadata_value(value: Any) -> Any:
     return value
 
 
+def tag_run(context: dg.AssetExecutionContext, config: ExperimentConfig) -> None:
+    """Give the run the study's tags (paper-id, researcher, model, commit-sha) however it was
+    launched: UI, CLI, backfill or the automation sensor."""
+    from interp_assets.automation import run_tags
+
+    missing = {k: v for k, v in run_tags(config).items() if context.run.tags.get(k) != v}
+    if missing:
+        context.instance.add_run_tags(context.run_id, missing)
+
+
 def run_worker(
     context: dg.AssetExecutionContext, compute: ComputeResource, *, task: str, config: ExperimentConfig
 ) -> dg.MaterializeResult:
@@ -41,6 +51,7 @@ def run_worker(
     A layer-range run reports per-layer metadata as a custom Pipes message; it is recorded on
     each layer's own partition (the data version, one per Pipes session, covers the range).
     """
+    tag_run(context, config)
     partition_keys = list(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else []
     extras: dict[str, Any] = {
         "config": config.to_payload(),

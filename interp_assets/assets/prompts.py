@@ -8,7 +8,7 @@ import polars as pl
 
 from interp_assets.config import ExperimentConfig
 from interp_assets.core.behaviours import generate_prompts
-from interp_assets.assets._common import code_version
+from interp_assets.assets._common import code_version, tag_run
 from interp_assets.partitions import behaviour_partitions
 from interp_assets.worker import behaviour_seed, prompts_relpath
 from resources.storage import ArtifactStore
@@ -58,6 +58,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
     )
     def prompts(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         # Light and model-free: generated in the Dagster process, no worker needed.
+        tag_run(context, config)
         behaviour = context.partition_key
         table = prompts_table(config, behaviour)
         store = ArtifactStore(config.storage.root)

@@ -49,12 +49,13 @@ CAPITALS: tuple[str, ...] = tuple(capital for _, capital in COUNTRY_CAPITALS)
 
 # --------------------------------------------------------------------------- templates
 # IOI: {a} and {b} are introduced, {s} (one of them) is the subject; the answer is the other one.
-# Every name follows a space, so " Mary" is the same token wherever it appears.
+# Every name follows a space, so " Mary" is the same token wherever it appears. The longest
+# sentence (with its answer, full stop and EOS) is 18 tokens: the tiny model's training window.
 IOI_TEMPLATES: tuple[str, ...] = (
     "When {a} and {b} went to the {place}, {s} gave a {object} to",
     "After {a} and {b} arrived at the {place}, {s} handed a {object} to",
     "While {a} and {b} were working at the {place}, {s} passed a {object} to",
-    "Then {a} and {b} had a long day at the {place}, and {s} gave a {object} to",
+    "Then {a} and {b} were at the {place}, and {s} gave a {object} to",
     "Once {a} and {b} met at the {place}, {s} sent a {object} to",
 )
 CAPITAL_TEMPLATES: tuple[str, ...] = (

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Start the Dagster webserver + daemon on the embedded instance in dagster_home/ (or $DAGSTER_HOME).
+#   bash scripts/dev.sh                 # http://127.0.0.1:3000
+#   PORT=3001 bash scripts/dev.sh &     # from a script: SIGTERM or SIGINT stops it cleanly
+# `dagster dev` started in the background ignores SIGINT/SIGTERM unless their default action is
+# restored, hence `env --default-signal=INT` (and exec, so the signal reaches it directly).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/dagster ] || bash scripts/setup.sh
+export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/dagster_home}"
+mkdir -p "$DAGSTER_HOME"
+[ -f "$DAGSTER_HOME/dagster.yaml" ] || cp dagster_home/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+exec env --default-signal=INT,TERM .venv/bin/dagster dev -w workspace.yaml -h "${HOST:-127.0.0.1}" -p "${PORT:-3000}"

@@ -1,0 +1,194 @@
+"""A real `dagster dev` (webserver + daemon) on localhost for tests, and a small GraphQL client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helpers import PROJECT_ROOT
+
+LOCATION = "interp_assets"
+REPOSITORY = "__repository__"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class DagsterDev:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+    config_path: Path
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            payload = json.loads(response.read())
+        if payload.get("errors"):
+            raise AssertionError(f"GraphQL errors: {payload['errors']}")
+        return payload["data"]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
+
+def start_dagster_dev(dagster_home: Path, config_path: Path, log_path: Path, timeout: float = 120) -> DagsterDev:
+    """`scripts/dev.sh` with its own DAGSTER_HOME, config and port; returns once GraphQL answers."""
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "INTERP_ASSETS_CONFIG": str(config_path), "PORT": str(port)}
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        ["bash", str(PROJECT_ROOT / "scripts" / "dev.sh")], cwd=PROJECT_ROOT, env=env, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    dev = DagsterDev(process, f"http://127.0.0.1:{port}", log_path, config_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"dagster dev exited with {process.returncode}:\n{dev.log_tail()}")
+        try:
+            dev.graphql("{ version }", timeout=5)
+            return dev
+        except (urllib.error.URLError, ConnectionError, TimeoutError, AssertionError):
+            time.sleep(0.5)
+    dev.stop()
+    raise RuntimeError(f"dagster dev did not answer within {timeout}s:\n{dev.log_tail()}")
+
+
+LAUNCH_RUN = """
+mutation Launch($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message stack }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+
+LAUNCH_BACKFILL = """
+mutation Backfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on PartitionSetNotFoundError { message }
+  }
+}"""
+
+RUNS = """
+query Runs($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    ... on Runs { results { runId status assetSelection { path } tags { key value } } }
+  }
+}"""
+
+RELOAD = """
+mutation Reload($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) {
+    __typename
+    ... on WorkspaceLocationEntry { locationOrLoadError { __typename ... on PythonError { message } } }
+  }
+}"""
+
+STALENESS = """
+query Stale($keys: [AssetKeyInput!], $partitions: [String!]) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    isPartitioned
+    staleStatus
+    staleCauses { key { path } category reason }
+    staleStatusByPartition(partitions: $partitions)
+    staleCausesByPartition(partitions: $partitions) { partitionKey category reason }
+  }
+}"""
+
+START_SENSOR = """
+mutation Start($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) { __typename ... on Sensor { sensorState { status } } ... on PythonError { message } }
+}"""
+
+SENSOR_TICKS = """
+query Ticks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    ... on Sensor { sensorState { status ticks(limit: 20) { status timestamp } } }
+  }
+}"""
+
+
+def launch_assets(dev: DagsterDev, assets: list[str]) -> str:
+    """What the UI's Materialize button sends for unpartitioned assets."""
+    result = dev.graphql(LAUNCH_RUN, {"executionParams": {
+        "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "pipelineName": "__ASSET_JOB",
+                     "assetSelection": [{"path": [a]} for a in assets], "assetCheckSelection": []},
+        "mode": "default", "executionMetadata": {"tags": []},
+    }})["launchPipelineExecution"]
+    assert result["__typename"] == "LaunchRunSuccess", result
+    return result["run"]["runId"]
+
+
+def launch_backfill(dev: DagsterDev, assets: list[str], partitions: list[str]) -> str:
+    result = dev.graphql(LAUNCH_BACKFILL, {"backfillParams": {
+        "assetSelection": [{"path": [a]} for a in assets], "partitionNames": partitions, "fromFailure": False,
+    }})["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", result
+    return result["backfillId"]
+
+
+def runs(dev: DagsterDev, tags: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    flt = {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]} if tags else {}
+    return dev.graphql(RUNS, {"filter": flt})["runsOrError"]["results"]
+
+
+def wait_for_runs(dev: DagsterDev, tags: dict[str, str], expected: int | None = None, timeout: float = 600) -> list[dict]:
+    """Wait until the runs with these tags (at least ``expected`` of them) have all finished."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = runs(dev, tags)
+        finished = [r for r in found if r["status"] in {"SUCCESS", "FAILURE", "CANCELED"}]
+        if found and len(finished) == len(found) and (expected is None or len(found) >= expected):
+            return found
+        time.sleep(1)
+    raise AssertionError(f"runs tagged {tags} did not finish in {timeout}s: {runs(dev, tags)}\n{dev.log_tail()}")
+
+
+def wait_for_run(dev: DagsterDev, run_id: str, timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    query = "query R($id: ID!) { runOrError(runId: $id) { ... on Run { runId status tags { key value } } } }"
+    while time.monotonic() < deadline:
+        run = dev.graphql(query, {"id": run_id})["runOrError"]
+        if run.get("status") in {"SUCCESS", "FAILURE", "CANCELED"}:
+            return run
+        time.sleep(1)
+    raise AssertionError(f"run {run_id} did not finish in {timeout}s\n{dev.log_tail()}")
+
+
+def sensor_selector(name: str) -> dict[str, str]:
+    return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}

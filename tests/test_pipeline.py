@@ -1,0 +1,287 @@
+"""The asset graph end to end on the tiny model, through Dagster with LocalCompute (Pipes
+subprocess workers): what README command 1 does, asserted.
+
+One module fixture builds and trains the tiny model (about a minute) and materializes phases 0–2
+into a temporary storage root and Dagster instance; the tests then read what was recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+import safetensors.torch
+from helpers import seed_tiny_model, write_config
+
+from interp_assets.config import ExperimentConfig, load_config
+from interp_assets.definitions import build_definitions
+from interp_assets.worker import activations_relpath, sae_checkpoint_relpath, saes_relpath, tiny_model_relpath
+from resources.storage import ArtifactStore, sha256_file
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Study:
+    config: ExperimentConfig
+    config_path: Path
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+    store: ArtifactStore
+    results: dict[str, dg.ExecuteInProcessResult]
+
+    def materialize(self, selection: list[str], **kwargs: object) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            list(self.defs.assets or []), selection=selection, instance=self.instance,
+            resources=dict(self.defs.resources or {}), **kwargs,
+        )
+
+    def latest(self, asset: str, partition: str | None = None) -> dg.AssetMaterialization:
+        records = self.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+            limit=1,
+        ).records
+        assert records, f"{asset} [{partition}] was never materialized"
+        materialization = records[0].asset_materialization
+        assert materialization is not None
+        return materialization
+
+
+def _range(config: ExperimentConfig, first: str | None = None, last: str | None = None) -> dict[str, str]:
+    return {
+        "dagster/asset_partition_range_start": first or config.layer_keys[0],
+        "dagster/asset_partition_range_end": last or config.layer_keys[-1],
+    }
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path):  # noqa: ANN201
+    root = tmp_path_factory.mktemp("study")
+    config_path = write_config(root)
+    config = load_config(config_path)
+    seed_tiny_model(config.storage.root, tiny_model_storage)  # built once per session, reused here
+    with dg.instance_for_test() as instance:
+        study = Study(config, config_path, build_definitions(config_path), instance, ArtifactStore(config.storage.root), {})
+        study.results["language_model"] = study.materialize(["language_model"])
+        for behaviour in config.prompts.behaviours:
+            study.results[f"baselines/{behaviour}"] = study.materialize(["prompts", "baselines"], partition_key=behaviour)
+        study.results["activations"] = study.materialize(["activations"], tags=_range(config))
+        study.results["saes"] = study.materialize(["saes"], tags=_range(config), raise_on_error=False)
+        yield study
+
+
+def test_tiny_model_is_built_into_storage_and_loads_like_a_hub_model(study: Study) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    materialization = study.latest("language_model")
+    model_dir = study.store.local_dir(tiny_model_relpath(study.config))
+    files = materialization.metadata["files"].value
+    assert files["model.safetensors"] == sha256_file(model_dir / "model.safetensors")
+    assert materialization.tags["dagster/data_version"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert model.config.num_hidden_layers == study.config.model.tiny_spec.num_layers
+    assert len(tokenizer(" Paris", add_special_tokens=False)["input_ids"]) == 1
+    # Provenance travels with every worker materialization.
+    for key in ("provenance/git_commit", "provenance/packages", "provenance/model", "provenance/seed"):
+        assert key in materialization.metadata
+
+
+def test_language_model_asset_trains_then_reuses_the_same_build(tmp_path: Path) -> None:
+    config_path = write_config(tmp_path, {"model": {"tiny": {"train_steps": 3, "corpus_sentences": 3000}}})
+    defs = build_definitions(config_path)
+    with dg.instance_for_test() as instance:
+        versions, logs = [], []
+        for _ in range(2):
+            result = dg.materialize(list(defs.assets), selection=["language_model"], instance=instance,
+                                    resources=dict(defs.resources))
+            materialization = result.asset_materializations_for_node("language_model")[0]
+            versions.append(materialization.tags["dagster/data_version"])
+            logs.append(" ".join(e.message or "" for e in result.all_events))
+        assert "step 3/3" in logs[0] or "train/final_loss" in materialization.metadata
+        assert materialization.metadata["train/n_parameters"].value > 0
+        assert "already built for this spec: reusing it" in logs[1]
+        assert versions[0] == versions[1]
+
+
+def test_prompts_are_split_and_hashed(study: Study) -> None:
+    for behaviour in study.config.prompts.behaviours:
+        table = study.store.read_parquet(f"prompts/{behaviour}.parquet")
+        assert table.height == 100
+        assert table["split"].value_counts().sort("split")["count"].to_list() == [50, 50]
+        assert table["id"].n_unique() == 100
+        assert (table["clean"] != table["corrupted"]).all()
+        materialization = study.latest("prompts", behaviour)
+        data = study.store.read_bytes(f"prompts/{behaviour}.parquet")
+        import hashlib
+
+        assert materialization.tags["dagster/data_version"] == hashlib.sha256(data).hexdigest()
+
+
+def test_baselines_show_both_behaviours_and_their_corruption(study: Study) -> None:
+    figures = {}
+    for behaviour in study.config.prompts.behaviours:
+        result = study.results[f"baselines/{behaviour}"]
+        assert result.success
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert set(checks) == {"accuracy_above_chance", "corruption_flips_preference"}
+        assert all(check.passed for check in checks.values()), checks
+        md = study.latest("baselines", behaviour).metadata
+        figures[behaviour] = {k: round(md[k].value, 3) for k in
+                              ("accuracy_clean", "mean_logit_diff_clean", "mean_logit_diff_corrupted", "accuracy_corrupted")}
+        assert md["accuracy_clean"].value >= 0.9
+        assert md["mean_logit_diff_clean"].value > 2.0
+        assert md["mean_logit_diff_corrupted"].value < -2.0
+        assert md["logit_diff_histogram"].value.startswith("![")
+        table = study.store.read_parquet(f"baselines/{behaviour}.parquet")
+        assert table.height == 100
+        assert set(table.columns) >= {"clean_logit_diff", "clean_p_target", "clean_correct", "corrupted_logit_diff"}
+    print("baseline figures:", json.dumps(figures))
+
+
+def test_all_layers_captured_in_one_run_with_per_layer_metadata(study: Study) -> None:
+    result = study.results["activations"]
+    assert result.success
+    runs = study.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/asset_partition_range_start": "1"}))
+    assert len(runs) == 1
+    logs = [e.message for e in result.all_events if e.message and "capture: batch" in e.message]
+    assert logs, "the worker's progress lines reach the Dagster run"
+    assert "4 layers in one pass" in logs[-1]
+    width = study.config.model.tiny_spec.intermediate_size
+    for key in study.config.layer_keys:
+        md = study.latest("activations", key).metadata
+        assert md["width"].value == width
+        assert md["n_vectors_prompts"].value == 5 * 2 * 200  # last 5 tokens, clean + corrupted, 2x100 prompts
+        assert md["n_vectors_corpus"].value > 10_000
+        relpath = activations_relpath(study.config, int(key))
+        manifest = study.store.read_json(f"{relpath}/manifest.json")
+        assert md["manifest_sha256"].value == sha256_file(Path(study.store.url(f"{relpath}/manifest.json")))
+        assert manifest["hook_name"] == f"blocks.{key}.mlp.hook_post"
+        for source in manifest["sources"].values():
+            for shard in source["shards"]:
+                path = Path(study.store.url(f"{relpath}/{shard['file']}"))
+                assert sha256_file(path) == shard["sha256"]
+                tensors = safetensors.torch.load_file(path)
+                assert tensors["activations"].shape == (shard["n_vectors"], width)
+                assert str(tensors["activations"].dtype) == "torch.bfloat16"
+        assert len(manifest["sources"]["corpus"]["shards"]) >= 2  # shard_max_vectors bounds each file
+
+
+def test_rematerializing_gives_the_same_bytes_and_data_versions(study: Study) -> None:
+    before = {k: study.latest("activations", k).metadata["manifest_sha256"].value for k in study.config.layer_keys}
+    prompts_before = study.latest("prompts", "ioi").tags["dagster/data_version"]
+    assert study.materialize(["prompts"], partition_key="ioi").success
+    assert study.latest("prompts", "ioi").tags["dagster/data_version"] == prompts_before
+    result = study.materialize(["activations"], tags=_range(study.config, "2", "3"))
+    assert result.success
+    after = {k: study.latest("activations", k).metadata["manifest_sha256"].value for k in ("2", "3")}
+    assert after == {k: before[k] for k in ("2", "3")}
+
+
+@pytest.mark.parametrize(("asset", "partition"), [("attribution_graphs", "ioi"), ("interventions", "ioi")])
+def test_later_phases_fail_clearly_and_write_nothing(study: Study, asset: str, partition: str) -> None:
+    result = study.materialize([asset], partition_key=partition, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "not implemented yet" in failure.event_specific_data.error.message
+    assert not study.store.exists("attribution_graphs") and not study.store.exists("interventions")
+
+
+def test_saes_for_all_layers_in_one_run_pass_their_checks(study: Study) -> None:
+    from interp_assets.core.sae import load_sae
+
+    result = study.results["saes"]
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(checks) == {"explained_variance_above_threshold", "dead_fraction_below_bound"}
+    figures = {}
+    for key in study.config.layer_keys:
+        md = study.latest("saes", key).metadata
+        figures[key] = {name: round(float(md[name].value), 3)
+                        for name in ("explained_variance", "l0", "dead_fraction", "ce_loss_recovered")}
+        assert md["training_curve"].value.startswith("![")
+    print("SAE figures by layer:", json.dumps(figures))
+    # The spec's bar: R² ≥ 0.7 on held-out vectors within the tiny config's step budget.
+    assert all(f["explained_variance"] >= 0.7 for f in figures.values()), figures
+    assert all(f["ce_loss_recovered"] > 0.5 for f in figures.values()), figures
+    assert all(check.passed for check in checks.values()), checks
+    assert result.success
+    runs = study.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/asset_partition_range_end": "4"}))
+    assert len([r for r in runs if "saes" in str(r.asset_selection)]) == 1
+    # The published folder: SAELens files + our record, and it loads with our loader.
+    layer = int(study.config.layer_keys[1])
+    folder = Path(study.store.url(saes_relpath(study.config, layer)))
+    assert {p.name for p in folder.iterdir()} == {
+        "cfg.json", "sae_weights.safetensors", "training.json", "training_curve.png", "_COMPLETE"
+    }
+    sae = load_sae(folder)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["architecture"] == "standard" and cfg["metadata"]["hook_name"] == f"blocks.{layer}.mlp.hook_post"
+    assert cfg["d_in"] == study.config.model.tiny_spec.intermediate_size and cfg["d_sae"] == 4 * cfg["d_in"]
+    manifest = study.store.read_json(f"{activations_relpath(study.config, layer)}/manifest.json")
+    shard = safetensors.torch.load_file(Path(study.store.url(f"{activations_relpath(study.config, layer)}/"
+                                                          f"{manifest['sources']['prompts']['shards'][0]['file']}")))
+    x = shard["activations"].float()
+    x_hat = sae.decode(sae.encode(x))
+    torch_r2 = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert float(torch_r2) > 0.5  # the behaviour prompts' activations, never trained on, reconstruct too
+    assert not study.store.exists(sae_checkpoint_relpath(study.config, layer))  # deleted once published
+
+
+def test_a_killed_training_resumes_to_bit_identical_weights(study: Study, tmp_path: Path) -> None:
+    """kill -9 a worker mid-training; the rerun resumes from its checkpoint and ends with the
+    same weights as an uninterrupted run."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    layer = study.config.layer_keys[0]
+    updates = {"sae": {"steps": 300, "checkpoint_every": 60, "log_every": 20, "lr_warmup_steps": 20, "lr_decay_steps": 60}}
+    runs = {}
+    for name in ("uninterrupted", "killed"):
+        root = tmp_path / name
+        shutil.copytree(study.store.url("models"), root / "storage" / "models")
+        shutil.copytree(study.store.url("activations"), root / "storage" / "activations")
+        runs[name] = write_config(root, updates)
+    command = [sys.executable, "-m", "interp_assets.worker", "saes", "--partition", layer, "--config"]
+    env = {**os.environ, "INTERP_ASSETS_TORCH_THREADS": "1"}  # same threads, same floating-point order
+
+    def run_to_end(config_path: Path) -> tuple[dict, str]:
+        done = subprocess.run([*command, str(config_path)], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+    reference, _ = run_to_end(runs["uninterrupted"])
+
+    killed_config = load_config(runs["killed"])
+    checkpoint = Path(ArtifactStore(killed_config.storage.root).url(sae_checkpoint_relpath(killed_config, int(layer))))
+    victim = subprocess.Popen([*command, str(runs["killed"])], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), "no checkpoint appeared before the worker ended"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+
+    resumed, log = run_to_end(runs["killed"])
+    assert "resumed from the checkpoint at step" in log
+    step = int(log.split("resumed from the checkpoint at step ")[1].split("/")[0])
+    assert 60 <= step < 300
+    weights = {name: result["partitions"][layer]["weights_sha256"] for name, result in
+               (("uninterrupted", reference), ("resumed", resumed))}
+    assert weights["uninterrupted"] == weights["resumed"], f"resumed at step {step}: weights differ"
+
+
+def test_prompts_table_is_a_polars_frame_of_strings(study: Study) -> None:
+    table = study.store.read_parquet("prompts/capitals.parquet")
+    assert isinstance(table, pl.DataFrame)
+    assert table.schema["target"] == pl.String
+    assert table["target"].str.starts_with(" ").all()

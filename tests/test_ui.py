@@ -1,0 +1,174 @@
+"""The platform as researchers use it, against a real `dagster dev` (webserver + daemon) on
+localhost: a Materialize click in a real browser, layer backfills through GraphQL, and a config
+edit that makes exactly the SAEs stale until the automation sensor relaunches them.
+
+Screenshots land in artifacts/ui/ (git-ignored) for CI to keep.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster_dev import (
+    RELOAD,
+    SENSOR_TICKS,
+    STALENESS,
+    START_SENSOR,
+    DagsterDev,
+    launch_backfill,
+    runs,
+    sensor_selector,
+    start_dagster_dev,
+    wait_for_run,
+    wait_for_runs,
+)
+from helpers import PROJECT_ROOT, seed_tiny_model, write_config
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = PROJECT_ROOT / "artifacts" / "ui"
+LAYERS = ["1", "2", "3", "4"]
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path):  # noqa: ANN201
+    root = tmp_path_factory.mktemp("ui")
+    config_path = write_config(root, {
+        "sae": {"steps": 150, "lr_warmup_steps": 20, "lr_decay_steps": 30, "l1_warmup_steps": 20,
+                "checkpoint_every": 100, "log_every": 50, "ce_eval_texts": 16},
+        "activations": {"corpus_sequences": 600},
+        # Started by the test once the first materializations are done, so that what it
+        # relaunches is only what the config edit made stale.
+        "automation": {"enabled": False, "interval_seconds": 5},
+    })
+    seed_tiny_model(root / "storage", tiny_model_storage)
+    home = root / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    server = start_dagster_dev(home, config_path, root / "dagster_dev.log")
+    yield server
+    assert server.stop() is not None
+
+
+@pytest.fixture(scope="module")
+def browser():  # noqa: ANN201
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed: scripts/test.sh installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        yield browser
+        browser.close()
+
+
+def _shot(page, name: str) -> None:  # noqa: ANN001
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _stale(dev: DagsterDev, asset: str, partitions: list[str] | None = None) -> dict:
+    nodes = dev.graphql(STALENESS, {"keys": [{"path": [asset]}], "partitions": partitions})["assetNodes"]
+    return nodes[0]
+
+
+def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev: DagsterDev, browser) -> None:  # noqa: ANN001
+    from playwright.sync_api import expect
+
+    dev.graphql("mutation { setNuxSeen }")
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.set_default_timeout(30_000)
+
+    # 1. The asset graph shows the seven assets.
+    page.goto(f"{dev.url}/asset-groups")
+    for asset in ("language_model", "prompts", "baselines", "activations", "saes", "attribution_graphs", "interventions"):
+        expect(page.locator(f'svg foreignObject [data-tooltip="{asset}"]').first).to_be_visible()
+    _shot(page, "01-asset-graph")
+
+    # 2. Open language_model and click Materialize, as a person does.
+    page.goto(f"{dev.url}/assets/language_model")
+    button = page.locator("button", has_text=re.compile(r"^Materialize…?$")).first
+    expect(button).to_be_enabled(timeout=60_000)
+    with page.expect_response(lambda r: "op=LaunchPipelineExecution" in r.url or "LaunchPipelineExecution" in (r.request.post_data or "")) as response:
+        button.click()
+    run_id = response.value.json()["data"]["launchPipelineExecution"]["run"]["runId"]
+    run = wait_for_run(dev, run_id)
+    assert run["status"] == "SUCCESS", dev.log_tail()
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert tags["paper-id"] == "interp-assets-demo" and tags["model"] == "interp-assets/tiny-qwen2"
+    assert tags["commit-sha"] and tags["researcher"]
+    _shot(page, "02-language-model-materialized")
+
+    # 3. Backfills through GraphQL: prompts (2 behaviours), then 4 layers of activations and saes.
+    for asset, partitions in (("prompts", ["ioi", "capitals"]), ("activations", LAYERS), ("saes", LAYERS)):
+        backfill = launch_backfill(dev, [asset], partitions)
+        finished = wait_for_runs(dev, {"dagster/backfill": backfill})
+        assert all(r["status"] == "SUCCESS" for r in finished), (asset, finished, dev.log_tail())
+        if asset != "prompts":
+            assert len(finished) == 1, f"a {asset} backfill of {len(partitions)} layers must be ONE run: {finished}"
+    for asset in ("activations", "saes"):
+        assert set(_stale(dev, asset, LAYERS)["staleStatusByPartition"]) == {"FRESH"}
+
+    # 4. Automation on; wait for its first tick so it has seen the current code versions.
+    selector = sensor_selector("rematerialize_stale")
+    started = dev.graphql(START_SENSOR, {"selector": selector})["startSensor"]
+    assert started["__typename"] == "Sensor", started
+    _wait_for_ticks(dev, selector, 1)
+
+    # 5. A researcher edits sae.* and the code location reloads.
+    config = yaml.safe_load(dev.config_path.read_text())
+    config["sae"]["l1_coefficient"] = 0.5
+    dev.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    before_edit = {r["runId"] for r in runs(dev)}
+    reload = dev.graphql(RELOAD, {"name": "interp_assets"})["reloadRepositoryLocation"]
+    assert reload["locationOrLoadError"]["__typename"] == "RepositoryLocation", reload
+
+    saes = _stale(dev, "saes", LAYERS)
+    assert saes["staleStatusByPartition"] == ["STALE"] * 4, saes
+    assert {c["category"] for c in saes["staleCausesByPartition"]} == {"CODE"}
+    for asset, partitions in (("activations", LAYERS), ("prompts", ["ioi", "capitals"])):
+        assert set(_stale(dev, asset, partitions)["staleStatusByPartition"]) == {"FRESH"}, asset
+    assert _stale(dev, "language_model")["staleStatus"] == "FRESH"
+
+    page.goto(f"{dev.url}/assets/saes")
+    expect(page.get_by_text("Unsynced").first).to_be_visible(timeout=30_000)
+    _shot(page, "03-saes-unsynced-after-config-edit")
+
+    # 6. The sensor relaunches exactly the stale partitions (all four layers, one run) and nothing else.
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        new = [r for r in runs(dev) if r["runId"] not in before_edit]
+        if new and all(r["status"] in {"SUCCESS", "FAILURE", "CANCELED"} for r in new) and \
+                set(_stale(dev, "saes", LAYERS)["staleStatusByPartition"]) == {"FRESH"}:
+            break
+        time.sleep(2)
+    new = [r for r in runs(dev) if r["runId"] not in before_edit]
+    assert new, f"the sensor launched nothing\n{dev.log_tail()}"
+    assert all(r["status"] == "SUCCESS" for r in new), new
+    assert {tuple(a["path"]) for r in new for a in r["assetSelection"] or []} == {("saes",)}, new
+    assert len(new) == 1, f"stale layers relaunch as one single-run backfill: {new}"
+    assert set(_stale(dev, "saes", LAYERS)["staleStatusByPartition"]) == {"FRESH"}
+    page.goto(f"{dev.url}/assets/saes")
+    page.wait_for_timeout(3000)
+    _shot(page, "04-saes-fresh-after-automation")
+    page.close()
+
+
+def _wait_for_ticks(dev: DagsterDev, selector: dict, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = dev.graphql(SENSOR_TICKS, {"selector": selector})["sensorOrError"]["sensorState"]
+        if len([t for t in state["ticks"] if t["status"] in {"SUCCESS", "SKIPPED"}]) >= count:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the automation sensor did not tick in {timeout}s\n{dev.log_tail()}")
