@@ -21,9 +21,16 @@ from interp_assets.definitions import build_definitions
 PENDING = {"attribution_graphs", "interventions"}
 
 
+def _root_cause(error) -> str:  # noqa: ANN001
+    # Dagster wraps user errors ("Error occurred while executing op ..."); the cause says what broke.
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def _failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
     return [
-        f"{event.step_key}: {event.event_specific_data.error.message.strip()}"
+        f"{event.step_key}: {_root_cause(event.event_specific_data.error)}"
         for event in result.all_events
         if event.event_type_value == "STEP_FAILURE" and event.event_specific_data.error
     ]

@@ -40,7 +40,7 @@ def tag_run(context: dg.AssetExecutionContext, config: ExperimentConfig) -> None
 
     missing = {k: v for k, v in run_tags(config).items() if context.run.tags.get(k) != v}
     if missing:
-        context.instance.add_run_tags(context.run_id, missing)
+        context.instance.add_run_tags(context.run.run_id, missing)
 
 
 def run_worker(
