@@ -119,12 +119,14 @@ mutation Reload($name: String!) {
 }"""
 
 STALENESS = """
-query Stale($keys: [AssetKeyInput!], $partitions: [String!]) {
+query Stale($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) { assetKey { path } staleStatus staleCauses { key { path } category reason } }
+}"""
+
+STALENESS_BY_PARTITION = """
+query StaleByPartition($keys: [AssetKeyInput!], $partitions: [String!]!) {
   assetNodes(assetKeys: $keys) {
     assetKey { path }
-    isPartitioned
-    staleStatus
-    staleCauses { key { path } category reason }
     staleStatusByPartition(partitions: $partitions)
     staleCausesByPartition(partitions: $partitions) { partitionKey category reason }
   }

@@ -18,6 +18,7 @@ from dagster_dev import (
     RELOAD,
     SENSOR_TICKS,
     STALENESS,
+    STALENESS_BY_PARTITION,
     START_SENSOR,
     DagsterDev,
     launch_backfill,
@@ -45,7 +46,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path):  # 
         "activations": {"corpus_sequences": 600},
         # Started by the test once the first materializations are done, so that what it
         # relaunches is only what the config edit made stale.
-        "automation": {"enabled": False, "interval_seconds": 5},
+        # 60 s between ticks leaves time to see the stale state before the sensor repairs it.
+        "automation": {"enabled": False, "interval_seconds": 60},
     })
     seed_tiny_model(root / "storage", tiny_model_storage)
     home = root / "dagster_home"
@@ -78,21 +80,26 @@ def _shot(page, name: str) -> None:  # noqa: ANN001
 
 
 def _stale(dev: DagsterDev, asset: str, partitions: list[str] | None = None) -> dict:
-    nodes = dev.graphql(STALENESS, {"keys": [{"path": [asset]}], "partitions": partitions})["assetNodes"]
-    return nodes[0]
+    if partitions is None:
+        return dev.graphql(STALENESS, {"keys": [{"path": [asset]}]})["assetNodes"][0]
+    return dev.graphql(STALENESS_BY_PARTITION, {"keys": [{"path": [asset]}], "partitions": partitions})["assetNodes"][0]
 
 
 def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev: DagsterDev, browser) -> None:  # noqa: ANN001
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=30_000)  # live data says "Loading..." for a while on a cold server
     dev.graphql("mutation { setNuxSeen }")
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.set_default_timeout(30_000)
 
-    # 1. The asset graph shows the seven assets.
+    # 1. The asset graph (Lineage) draws the seven assets as nodes (HTML in SVG foreignObject).
     page.goto(f"{dev.url}/asset-groups")
-    for asset in ("language_model", "prompts", "baselines", "activations", "saes", "attribution_graphs", "interventions"):
-        expect(page.locator(f'svg foreignObject [data-tooltip="{asset}"]').first).to_be_visible()
+    nodes = page.locator("svg foreignObject")
+    expect(nodes).to_have_count(7)
+    drawn = {text.strip() for text in nodes.all_text_contents()}
+    assert drawn == {"language_model", "prompts", "baselines", "activations", "saes", "attribution_graphs",
+                     "interventions"}, drawn
     _shot(page, "01-asset-graph")
 
     # 2. Open language_model and click Materialize, as a person does.
@@ -101,7 +108,9 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     expect(button).to_be_enabled(timeout=60_000)
     with page.expect_response(lambda r: "op=LaunchPipelineExecution" in r.url or "LaunchPipelineExecution" in (r.request.post_data or "")) as response:
         button.click()
-    run_id = response.value.json()["data"]["launchPipelineExecution"]["run"]["runId"]
+    launched = response.value.json()["data"]["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"].get("runId") or launched["run"]["id"]
     run = wait_for_run(dev, run_id)
     assert run["status"] == "SUCCESS", dev.log_tail()
     tags = {t["key"]: t["value"] for t in run["tags"]}
@@ -119,7 +128,8 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     for asset in ("activations", "saes"):
         assert set(_stale(dev, asset, LAYERS)["staleStatusByPartition"]) == {"FRESH"}
 
-    # 4. Automation on; wait for its first tick so it has seen the current code versions.
+    # 4. Automation on; wait for its first tick so it has seen the current code versions (the
+    #    next one comes 60 s later: steps 5 and 6 happen in between).
     selector = sensor_selector("rematerialize_stale")
     started = dev.graphql(START_SENSOR, {"selector": selector})["startSensor"]
     assert started["__typename"] == "Sensor", started
@@ -135,14 +145,18 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
 
     saes = _stale(dev, "saes", LAYERS)
     assert saes["staleStatusByPartition"] == ["STALE"] * 4, saes
-    assert {c["category"] for c in saes["staleCausesByPartition"]} == {"CODE"}
+    causes = [cause for per_partition in saes["staleCausesByPartition"] for cause in per_partition]
+    assert {c["partitionKey"] for c in causes} == set(LAYERS), causes
+    assert {c["category"] for c in causes} == {"CODE"}, causes
     for asset, partitions in (("activations", LAYERS), ("prompts", ["ioi", "capitals"])):
         assert set(_stale(dev, asset, partitions)["staleStatusByPartition"]) == {"FRESH"}, asset
     assert _stale(dev, "language_model")["staleStatus"] == "FRESH"
 
-    page.goto(f"{dev.url}/assets/saes")
-    expect(page.get_by_text("Unsynced").first).to_be_visible(timeout=30_000)
-    _shot(page, "03-saes-unsynced-after-config-edit")
+    # A picture of what a researcher sees now. (Dagster 1.13's UI draws no "Unsynced" tag on
+    # partitioned assets' pages, so the stale state is asserted through GraphQL above.)
+    page.goto(f"{dev.url}/assets/saes?view=lineage")
+    page.wait_for_timeout(3000)
+    _shot(page, "03-saes-after-config-edit")
 
     # 6. The sensor relaunches exactly the stale partitions (all four layers, one run) and nothing else.
     deadline = time.monotonic() + 600
