@@ -109,7 +109,7 @@ def test_stream_resumes_exactly_and_re_epochs(shards: list[Path]) -> None:
 
 def test_standard_sae_learns_sparse_structure(shards: list[Path]) -> None:
     data = ShardedActivations(shards, held_out=500)
-    config = TrainerConfig(**{**SMALL.__dict__, "steps": 600, "lr_decay_steps": 100, "l1_coefficient": 0.3})
+    config = TrainerConfig(**{**SMALL.__dict__, "steps": 600, "lr_decay_steps": 100, "l1_coefficient": 0.5})
     result = train_sae(ShuffledBatches(data, 64, seed=0), config, data_fingerprint="synthetic",
                        eval_vectors=data.held_out_vectors())
     final = result.history[-1]
