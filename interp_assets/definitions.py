@@ -20,6 +20,7 @@ from resources.compute import LocalCompute
 
 # single_run() backfill policies are what make a layer backfill one run; the beta notice is noise.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     instance = dg.DagsterInstance.get()
     failures = materialize_study(args.config, instance, include_pending=args.include_pending)
-    print("[main] open the UI on this instance: DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml")
+    print("[main] open the UI on this instance: bash scripts/dev.sh  (http://127.0.0.1:3000)")
     if failures:
         print(f"[main] {len(failures)} step(s) failed:", *failures, sep="\n  ", file=sys.stderr)
         return 1

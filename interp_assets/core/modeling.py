@@ -22,7 +22,9 @@ def pick_device(preference: str = "auto") -> torch.device:
 def load_model_and_tokenizer(model_dir: str | Path, dtype: str = "float32", device: str = "auto"):  # noqa: ANN201
     """Load exactly as for a hub model, from disk only (no network at run time)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # progress bars are noise in Dagster's run log
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json; is the model downloaded / built?")
