@@ -3,7 +3,6 @@ in size, and shard contents equal to what the hooks see directly."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import safetensors.torch

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from interp_assets.core.sae import SaeSpec, SparseAutoencoder, explained_variance, load_sae, save_sae
-from interp_assets.core.sae_data import DataPosition, ShardedActivations, ShuffledBatches
+from interp_assets.core.sae_data import ShardedActivations, ShuffledBatches
 from interp_assets.core.sae_training import TrainerConfig, train_sae
 
 
