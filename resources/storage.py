@@ -145,11 +145,16 @@ class ArtifactStore:
     def is_complete_dir(self, relpath: str) -> bool:
         return self.exists(f"{relpath}/_COMPLETE")
 
+    @staticmethod
+    def _cache_path(relpath: str, cache_dir: str | Path | None) -> Path:
+        """Where a remote artifact is downloaded to (once) for code that needs a local path."""
+        return Path(cache_dir or Path(tempfile.gettempdir()) / "interp_assets_cache") / relpath
+
     def local_file(self, relpath: str, cache_dir: str | Path | None = None) -> Path:
         """A local path for the file ``relpath`` (downloaded once into a cache if the root is remote)."""
         if self.is_local:
             return Path(self._path(relpath))
-        cache = Path(cache_dir or Path(tempfile.gettempdir()) / "interp_assets_cache") / relpath
+        cache = self._cache_path(relpath, cache_dir)
         if not cache.exists():
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_name(cache.name + _TMP_MARK + uuid.uuid4().hex)
@@ -163,7 +168,7 @@ class ArtifactStore:
             raise FileNotFoundError(f"{self.url(relpath)} is missing or incomplete")
         if self.is_local:
             return Path(self._path(relpath))
-        cache = Path(cache_dir or Path(tempfile.gettempdir()) / "interp_assets_cache") / relpath
+        cache = self._cache_path(relpath, cache_dir)
         if not (cache / "_COMPLETE").exists():
             cache.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=cache.name + _TMP_MARK, dir=cache.parent))
