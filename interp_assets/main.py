@@ -17,10 +17,6 @@ import dagster as dg
 from interp_assets.config import load_config
 from interp_assets.definitions import build_definitions
 
-# Phases whose assets are still placeholders (they raise "not implemented yet").
-PENDING = {"attribution_graphs", "interventions"}
-
-
 def _root_cause(error) -> str:  # noqa: ANN001
     # Dagster wraps user errors ("Error occurred while executing op ..."); the cause says what broke.
     while error.cause is not None:
@@ -36,7 +32,7 @@ def _failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
     ]
 
 
-def materialize_study(config_path: str | None, instance: dg.DagsterInstance, include_pending: bool = False) -> list[str]:
+def materialize_study(config_path: str | None, instance: dg.DagsterInstance) -> list[str]:
     """Materialize every phase in order; returns what failed (independent phases still run)."""
     config = load_config(config_path)
     defs = build_definitions(config_path)
@@ -63,26 +59,22 @@ def materialize_study(config_path: str | None, instance: dg.DagsterInstance, inc
     range_tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     run(["activations"], f"activations [layers {first}..{last}, one run]", tags=range_tags)
     run(["saes"], f"saes [layers {first}..{last}, one run]", tags=range_tags)
-    if include_pending:
-        for behaviour in config.prompts.behaviours:
-            run(["attribution_graphs", "interventions"], f"attribution + interventions [{behaviour}]",
-                partition_key=behaviour)
+    for behaviour in config.prompts.behaviours:
+        run(["attribution_graphs", "interventions"], f"attribution + interventions [{behaviour}]", partition_key=behaviour)
     return failures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m interp_assets.main", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="experiment config (default: $INTERP_ASSETS_CONFIG or configs/tiny.yaml)")
-    parser.add_argument("--include-pending", action="store_true",
-                        help=f"also run phases not implemented yet ({', '.join(sorted(PENDING))}): they fail")
     args = parser.parse_args(argv)
     instance = dg.DagsterInstance.get()
-    failures = materialize_study(args.config, instance, include_pending=args.include_pending)
+    failures = materialize_study(args.config, instance)
     print("[main] open the UI on this instance: bash scripts/dev.sh  (http://127.0.0.1:3000)")
     if failures:
         print(f"[main] {len(failures)} step(s) failed:", *failures, sep="\n  ", file=sys.stderr)
         return 1
-    print("[main] done: every implemented phase is materialized")
+    print("[main] done: every phase is materialized")
     return 0
 
 

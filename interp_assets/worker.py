@@ -15,6 +15,10 @@ Artifact layout under the storage root (paths built only here and in ``assets/``
   saes/<hook>/layer_<L>/                 Phase 3: cfg.json + sae_weights.safetensors (SAELens) +
                                          training.json + training_curve.png
   checkpoints/saes/<hook>/layer_<L>/     Phase 3: the latest training checkpoint (deleted when done)
+  attribution/<hook>/<behaviour>/        Phase 4: nodes.parquet, edges.parquet, graph.json (circuit-
+                                         tracer / Neuronpedia schema), graph.png, summary.json
+  interventions/<hook>/<behaviour>/      Phase 5: experiments.parquet, faithfulness.parquet (+.png)
+  checkpoints/interventions/<hook>/<behaviour>/  Phase 5: finished experiments so far (parts)
 """
 
 from __future__ import annotations
@@ -70,6 +74,18 @@ def saes_relpath(config: ExperimentConfig, layer: int) -> str:
 def sae_checkpoint_relpath(config: ExperimentConfig, layer: int) -> str:
     # Outside the SAE folder, which is replaced as a whole when training finishes.
     return f"checkpoints/saes/{config.activations.hook_point}/layer_{layer:03d}/checkpoint.pt"
+
+
+def attribution_relpath(config: ExperimentConfig, behaviour: str) -> str:
+    return f"attribution/{config.activations.hook_point}/{behaviour}"
+
+
+def interventions_relpath(config: ExperimentConfig, behaviour: str) -> str:
+    return f"interventions/{config.activations.hook_point}/{behaviour}"
+
+
+def interventions_checkpoint_relpath(config: ExperimentConfig, behaviour: str) -> str:
+    return f"checkpoints/interventions/{config.activations.hook_point}/{behaviour}"
 
 
 def behaviour_seed(seed: int, behaviour: str) -> int:
@@ -528,11 +544,306 @@ def task_saes(ctx: TaskContext) -> TaskResult:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Phases 4 and 5: circuits
+
+
+def _load_saes(ctx: TaskContext, layers: list[int]) -> dict:
+    from interp_assets.core.sae import load_sae
+
+    saes = {}
+    for layer in layers:
+        relpath = saes_relpath(ctx.config, layer)
+        if not ctx.store.is_complete_dir(relpath):
+            raise RuntimeError(f"layer {layer}: no trained SAE at {ctx.store.url(relpath)}: materialize saes first")
+        saes[layer] = load_sae(ctx.store.local_dir(relpath))
+    return saes
+
+
+def _key_layers(config: ExperimentConfig) -> list[int]:
+    return sorted(config.attribution.key_layers or config.activations.layers)
+
+
+def _prompt_pairs(tokenizer, table):  # noqa: ANN001, ANN202
+    from interp_assets.core.prompt_pairs import tokenize_pairs
+
+    return tokenize_pairs(tokenizer, table["clean"].to_list(), table["corrupted"].to_list(),
+                          table["target"].to_list(), table["foil"].to_list())
+
+
+def task_attribution_graphs(ctx: TaskContext) -> TaskResult:
+    """Phase 4: the pruned attribution graph of one behaviour over the key layers' SAE features."""
+    import polars as pl
+
+    from interp_assets.core.attribution import (
+        AttributionSettings, attribution_graph, exact_patch_effects, graph_json, node_id, rank_agreement,
+    )
+    from interp_assets.core.hooks import decoder_layers, transformer_lens_name
+    from interp_assets.core.plots import attribution_graph_figure, png_markdown
+
+    config, section = ctx.config, ctx.config.attribution
+    (behaviour,) = ctx.partition_keys
+    layers = _key_layers(config)
+    prompts = ctx.store.read_parquet(prompts_relpath(behaviour))
+    train = prompts.filter(pl.col("split") == "train")
+    model, tokenizer = load_model(ctx)
+    saes = _load_saes(ctx, layers)
+    pairs = _prompt_pairs(tokenizer, train)
+    ctx.log(f"attribution {behaviour}: {len(pairs)} train pairs ({pairs.n_unequal_length} left out: clean and "
+            f"corrupted lengths differ), layers {layers}, {section.method}")
+    settings = AttributionSettings(
+        method=section.method, ig_steps=section.ig_steps, node_threshold=section.node_threshold,
+        edge_threshold=section.edge_threshold, max_nodes_per_layer=section.max_nodes_per_layer,
+        batch_size=config.baselines.batch_size,
+    )
+    pad = tokenizer.pad_token_id
+    graph = attribution_graph(model, saes, pairs, config.activations.hook_point, settings, pad, log=ctx.log)
+
+    # How good is the linear estimate? Patch the top features for real and compare.
+    features = sorted((n for n in graph.nodes if not n.is_error), key=lambda n: -abs(n.attribution))[:10]
+    exact = exact_patch_effects(model, saes, pairs, features, config.activations.hook_point, pad, settings.batch_size)
+    agreement = rank_agreement([n.attribution for n in features], exact)
+    ctx.log(f"attribution {behaviour}: top-{len(features)} features, sign agreement with exact patching "
+            f"{agreement['sign_agreement']:.2f}, Spearman {agreement['spearman']:.2f}")
+
+    width = graph.max_length
+    ids = [node_id(n, width) for n in graph.nodes]
+    exact_by_id = {node_id(n, width): e for n, e in zip(features, exact, strict=True)}
+    nodes_table = pl.DataFrame({
+        "node_id": ids,
+        "layer": [n.layer for n in graph.nodes],
+        "offset": [n.offset for n in graph.nodes],
+        "ctx_idx": [width + n.offset for n in graph.nodes],
+        "feature": [n.feature for n in graph.nodes],
+        "feature_type": ["error" if n.is_error else "feature" for n in graph.nodes],
+        "attribution": [n.attribution for n in graph.nodes],
+        "activation_clean": [n.activation_clean for n in graph.nodes],
+        "activation_corrupted": [n.activation_corrupted for n in graph.nodes],
+        "exact_patch_effect": [exact_by_id.get(i) for i in ids],
+    }, schema_overrides={"exact_patch_effect": pl.Float64})
+    edges_table = pl.DataFrame({
+        "source": [ids[e.source] for e in graph.edges],
+        "target": [ids[e.target] for e in graph.edges],
+        "weight": [e.weight for e in graph.edges],
+        "source_layer": [graph.nodes[e.source].layer for e in graph.edges],
+        "target_layer": [graph.nodes[e.target].layer for e in graph.edges],
+    }, schema={"source": pl.String, "target": pl.String, "weight": pl.Float64,
+               "source_layer": pl.Int64, "target_layer": pl.Int64})
+    longest = max(range(len(pairs)), key=lambda i: len(pairs.clean[i])) if len(pairs) else 0
+    prompt_tokens = tokenizer.convert_ids_to_tokens(pairs.clean[longest]) if len(pairs) else []
+    target, foil = train["target"][pairs.rows[longest]], train["foil"][pairs.rows[longest]]
+    hook_names = {layer: transformer_lens_name(config.activations.hook_point, layer) for layer in layers}
+    document = graph_json(
+        graph, slug=f"{config.experiment.name}-{behaviour}", scan=config.model.name,
+        prompt=train["clean"][pairs.rows[longest]], prompt_tokens=prompt_tokens, hook_names=hook_names,
+        n_model_layers=len(decoder_layers(model)), metric_label=f"logit({target!r}) − logit({foil!r})",
+    )
+    png = attribution_graph_figure(
+        [{"layer": n.layer, "offset": n.offset, "feature": n.feature, "attribution": n.attribution} for n in graph.nodes],
+        [{"source_index": e.source, "target_index": e.target, "weight": e.weight} for e in graph.edges],
+        f"{behaviour}: attribution graph ({len(graph.nodes)} nodes, {len(graph.edges)} edges)",
+    )
+    summary = {
+        "behaviour": behaviour, "key_layers": layers, "method": section.method, "n_prompts": graph.n_prompts,
+        "n_pairs_left_out": pairs.n_unequal_length, "n_nodes": len(graph.nodes), "n_edges": len(graph.edges),
+        "n_feature_nodes": sum(not n.is_error for n in graph.nodes),
+        "mean_logit_diff_clean": graph.mean_logit_diff_clean,
+        "mean_logit_diff_corrupted": graph.mean_logit_diff_corrupted,
+        "layer_totals": {str(k): v for k, v in graph.layer_totals.items()},
+        "agreement_with_exact_patching": agreement,
+    }
+    relpath = attribution_relpath(config, behaviour)
+    with tempfile.TemporaryDirectory(prefix="attribution-") as tmp:
+        nodes_table.write_parquet(Path(tmp) / "nodes.parquet")
+        edges_table.write_parquet(Path(tmp) / "edges.parquet")
+        (Path(tmp) / "graph.json").write_text(json.dumps(document, indent=1, allow_nan=False))
+        (Path(tmp) / "graph.png").write_bytes(png)
+        (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        versions = {name: sha256_file(Path(tmp) / name) for name in ("nodes.parquet", "edges.parquet", "graph.json")}
+        ctx.store.put_dir(relpath, tmp)
+    top = nodes_table.sort(pl.col("attribution").abs(), descending=True).head(10)
+    top_md = "| node | layer | offset | feature | attribution | exact patch effect |\n|---|---|---|---|---|---|\n" + "\n".join(
+        f"| {r['node_id']} | {r['layer']} | {r['offset']} | {r['feature']} | {r['attribution']:+.4f} | "
+        f"{'' if r['exact_patch_effect'] is None else format(r['exact_patch_effect'], '+.4f')} |"
+        for r in top.iter_rows(named=True)
+    )
+    return TaskResult(
+        metadata={
+            "path": ctx.store.url(relpath),
+            "n_nodes": len(graph.nodes),
+            "n_feature_nodes": summary["n_feature_nodes"],
+            "n_edges": len(graph.edges),
+            "n_prompts": graph.n_prompts,
+            "key_layers": {"raw_value": layers, "type": "json"},
+            "method": section.method,
+            "mean_logit_diff_clean": graph.mean_logit_diff_clean,
+            "mean_logit_diff_corrupted": graph.mean_logit_diff_corrupted,
+            "sign_agreement_with_exact_patching": agreement["sign_agreement"],
+            "spearman_with_exact_patching": agreement["spearman"],
+            "layer_totals": {"raw_value": summary["layer_totals"], "type": "json"},
+            "top_nodes": _md(top_md),
+            "graph": _md(png_markdown(png, f"{behaviour} attribution graph")),
+        },
+        data_version=combined_version(versions),
+    )
+
+
+def _experiments_fingerprint(ctx: TaskContext, behaviour: str, layers: list[int]) -> str:
+    """Everything an experiment's result depends on: a mismatch discards earlier partial results."""
+    store, config = ctx.store, ctx.config
+    parts = {
+        "interventions": config.interventions.model_dump(mode="json"),
+        "hook_point": config.activations.hook_point,
+        "prompts": hashlib.sha256(store.read_bytes(prompts_relpath(behaviour))).hexdigest(),
+        "nodes": hashlib.sha256(store.read_bytes(f"{attribution_relpath(config, behaviour)}/nodes.parquet")).hexdigest(),
+        "saes": {layer: hashlib.sha256(store.read_bytes(f"{saes_relpath(config, layer)}/sae_weights.safetensors")).hexdigest()
+                 for layer in layers},
+        "model": config.model.model_dump(mode="json"),
+        "batch_size": config.baselines.batch_size,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def task_interventions(ctx: TaskContext) -> TaskResult:
+    """Phase 5: ablation, patching and resampling experiments, written as they finish so a killed
+    run resumes where it stopped; then the faithfulness curve of the graph's circuits."""
+    import polars as pl
+
+    from interp_assets.core.interventions import InterventionRunner, faithfulness_curve, plan_experiments, summarise
+    from interp_assets.core.plots import faithfulness_figure, png_markdown
+
+    config, section = ctx.config, ctx.config.interventions
+    (behaviour,) = ctx.partition_keys
+    store = ctx.store
+    graph_relpath = attribution_relpath(config, behaviour)
+    if not store.is_complete_dir(graph_relpath):
+        raise RuntimeError(f"no attribution graph at {store.url(graph_relpath)}: materialize attribution_graphs first")
+    nodes = store.read_parquet(f"{graph_relpath}/nodes.parquet").sort(pl.col("attribution").abs(), descending=True)
+    ranked_all = [(r["layer"], r["offset"], r["feature"]) for r in nodes.iter_rows(named=True)]
+    ranked_features = [node for node in ranked_all if node[2] >= 0]
+    layers = sorted(config.activations.layers)
+    key_layers = _key_layers(config)
+
+    prompts = store.read_parquet(prompts_relpath(behaviour))
+    test = prompts.filter(pl.col("split") == "test")
+    model, tokenizer = load_model(ctx)
+    saes = _load_saes(ctx, layers)
+    test_pairs = _prompt_pairs(tokenizer, test)
+    patching_pairs = _prompt_pairs(tokenizer, test.head(section.patching_pairs))
+    runner = InterventionRunner(model, saes, config.activations.hook_point,
+                                {"test": test_pairs, "patching": patching_pairs}, tokenizer.pad_token_id,
+                                circuit_layers=key_layers, batch_size=config.baselines.batch_size)
+    experiments = plan_experiments(ranked_features, layers, patching_pairs.max_length, section.ablation_groups,
+                                   section.patching_positions, section.resample_samples)
+
+    # Finished experiments so far: parts written every `checkpoint_every` experiments.
+    checkpoint = interventions_checkpoint_relpath(config, behaviour)
+    fingerprint = _experiments_fingerprint(ctx, behaviour, layers)
+    done: dict[str, dict[str, Any]] = {}
+    if store.exists(f"{checkpoint}/fingerprint.json") and store.read_json(f"{checkpoint}/fingerprint.json") == fingerprint:
+        for name in sorted(store.list(checkpoint)):
+            if name.startswith("part-") and name.endswith(".parquet"):
+                for row in store.read_parquet(f"{checkpoint}/{name}").iter_rows(named=True):
+                    done[row["experiment_id"]] = row
+    else:
+        for name in store.list(checkpoint) if store.exists(checkpoint) else []:
+            store.delete(f"{checkpoint}/{name}")
+        store.write_json(f"{checkpoint}/fingerprint.json", fingerprint)
+    pending = [e for e in experiments if e.id not in done]
+    ctx.log(f"interventions {behaviour}: {len(experiments)} experiments, {len(experiments) - len(pending)} already "
+            f"done (resumed), computing {len(pending)}")
+    next_part = len([n for n in (store.list(checkpoint) if store.exists(checkpoint) else []) if n.startswith("part-")])
+    buffer: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal next_part
+        if buffer:
+            store.write_parquet(f"{checkpoint}/part-{next_part:05d}.parquet", pl.DataFrame(buffer, schema=_experiment_schema()))
+            next_part += 1
+            buffer.clear()
+
+    for count, experiment in enumerate(pending, start=1):
+        result = runner.run(experiment)
+        ld_clean, ld_corrupt = runner.baseline(experiment.prompt_set)
+        row = {
+            "experiment_id": experiment.id, "family": experiment.family, "variant": experiment.variant,
+            "prompt_set": experiment.prompt_set, "layer": experiment.layer, "position": experiment.offset,
+            "group": experiment.group, "n_nodes": len(experiment.nodes), "samples": experiment.samples,
+            "nodes": json.dumps([list(node) for node in experiment.nodes]),
+            **summarise(experiment.id, result.ld, result.kl, ld_clean, ld_corrupt, section.bootstrap_samples),
+        }
+        done[experiment.id] = row
+        buffer.append(row)
+        if len(buffer) >= section.checkpoint_every:
+            flush()
+            ctx.log(f"interventions {behaviour}: {count}/{len(pending)} computed")
+    flush()
+
+    table = pl.DataFrame([done[e.id] for e in experiments], schema=_experiment_schema())
+    sizes = sorted({0, *(round(len(ranked_all) * k / section.ablation_groups) for k in range(1, section.ablation_groups + 1))})
+    curve = pl.DataFrame(faithfulness_curve(runner, "test", ranked_all, sizes))
+    png = faithfulness_figure(curve.to_dicts(), f"{behaviour}: faithfulness vs circuit size")
+    relpath = interventions_relpath(config, behaviour)
+    with tempfile.TemporaryDirectory(prefix="interventions-") as tmp:
+        table.write_parquet(Path(tmp) / "experiments.parquet")
+        curve.write_parquet(Path(tmp) / "faithfulness.parquet")
+        (Path(tmp) / "faithfulness.png").write_bytes(png)
+        versions = {name: sha256_file(Path(tmp) / name) for name in ("experiments.parquet", "faithfulness.parquet")}
+        store.put_dir(relpath, tmp)
+    for name in store.list(checkpoint):  # only once the final tables are published
+        store.delete(f"{checkpoint}/{name}")
+
+    def recovery(experiment_id: str) -> float:
+        return float(table.filter(pl.col("experiment_id") == experiment_id)["recovery"][0])
+
+    patching = table.filter(pl.col("family") == "activation_patching", pl.col("variant") == "raw",
+                            pl.col("position") != 0)
+    best = patching.sort("recovery", descending=True).head(5)
+    best_md = "| layer | position | recovery | 95% CI |\n|---|---|---|---|\n" + "\n".join(
+        f"| {r['layer']} | {r['position']} | {r['recovery']:.3f} | [{r['recovery_ci_low']:.3f}, {r['recovery_ci_high']:.3f}] |"
+        for r in best.iter_rows(named=True))
+    full_circuit = curve.filter(pl.col("circuit_size") == max(sizes)).to_dicts()[0]
+    return TaskResult(
+        metadata={
+            "path": store.url(relpath),
+            "n_experiments": table.height,
+            "n_computed": len(pending),
+            "n_resumed": table.height - len(pending),
+            "n_by_family": {"raw_value": dict(table.group_by("family").len().sort("family").iter_rows()), "type": "json"},
+            "control_patch_nothing_recovery": recovery("activation_patching/control_nothing"),
+            "control_patch_everything_recovery": recovery("activation_patching/control_everything"),
+            "best_patching_sites": _md(best_md),
+            "faithfulness_full_graph": full_circuit["faithfulness"],
+            "complement_faithfulness_full_graph": full_circuit["complement_faithfulness"],
+            "faithfulness_by_size": {"raw_value": dict(zip(curve["circuit_size"].to_list(),
+                                                           curve["faithfulness"].to_list(), strict=True)), "type": "json"},
+            "faithfulness_curve": _md(png_markdown(png, f"{behaviour} faithfulness")),
+            "dagster/row_count": table.height,
+        },
+        data_version=combined_version(versions),
+    )
+
+
+def _experiment_schema() -> dict[str, Any]:
+    """One row per experiment, one column per metric (fixed, so parts and the table always agree)."""
+    import polars as pl
+
+    columns = {
+        pl.String: ("experiment_id", "family", "variant", "prompt_set", "nodes"),
+        pl.Int64: ("layer", "position", "group", "n_nodes", "samples", "n_prompts"),
+        pl.Float64: ("ld_clean", "ld_corrupted", "ld_patched", "ld_patched_ci_low", "ld_patched_ci_high", "recovery",
+                     "recovery_ci_low", "recovery_ci_high", "kl_to_clean"),
+    }
+    return {name: dtype for dtype, names in columns.items() for name in names}
+
+
 TASKS: dict[str, Callable[[TaskContext], TaskResult]] = {
     "language_model": task_language_model,
     "baselines": task_baselines,
     "activations": task_activations,
     "saes": task_saes,
+    "attribution_graphs": task_attribution_graphs,
+    "interventions": task_interventions,
 }
 
 

@@ -21,8 +21,8 @@ EXPECTED_GRAPH = {
     "baselines": ("behaviour", {"language_model", "prompts"}),
     "activations": ("layer", {"language_model", "prompts"}),
     "saes": ("layer", {"activations", "language_model"}),
-    "attribution_graphs": ("behaviour", {"saes", "prompts", "baselines"}),
-    "interventions": ("behaviour", {"attribution_graphs", "saes", "prompts"}),
+    "attribution_graphs": ("behaviour", {"saes", "prompts", "baselines", "language_model"}),
+    "interventions": ("behaviour", {"attribution_graphs", "saes", "prompts", "language_model"}),
 }
 
 

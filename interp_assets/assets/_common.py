@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
 import dagster as dg
 
@@ -64,9 +64,3 @@ def run_worker(
             context.add_asset_metadata({k: _metadata_value(v) for k, v in metadata.items()}, partition_key=key)
     return invocation.get_materialize_result()
 
-
-def not_implemented(asset: str, issue: str) -> NoReturn:
-    raise NotImplementedError(
-        f"{asset}: not implemented yet ({issue}). Its upstream assets materialize; this phase "
-        "writes nothing until its issue lands, so no placeholder output can be mistaken for results."
-    )

@@ -61,3 +61,64 @@ def training_curves(history: Sequence[dict[str, float]], title: str) -> bytes:
 def png_markdown(png: bytes, alt: str) -> str:
     """Markdown that the Dagster UI renders as an inline image."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def attribution_graph_figure(
+    nodes: Sequence[dict], edges: Sequence[dict], title: str, top_per_layer: int = 10,
+) -> bytes:
+    """The pruned graph's top nodes by layer (one row per layer, the strongest on the left):
+    area ∝ |attribution|, blue supports the behaviour, red opposes it, squares are SAE error terms,
+    labels read ``f<feature>@<offset>`` (offset −1 is the last token); edges between the drawn
+    nodes with opacity ∝ |weight|. ``nodes``: layer, offset, feature, attribution;
+    ``edges``: source_index, target_index, weight (indices into ``nodes``)."""
+    layers = sorted({n["layer"] for n in nodes})
+    shown: dict[int, tuple[float, float]] = {}
+    for row, layer in enumerate(layers):
+        members = sorted((i for i, n in enumerate(nodes) if n["layer"] == layer), key=lambda i: -abs(nodes[i]["attribution"]))
+        for column, index in enumerate(members[:top_per_layer]):
+            shown[index] = (float(column), float(row))
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 1.3 * max(len(layers), 1)), dpi=100)
+    biggest = max((abs(nodes[i]["attribution"]) for i in shown), default=1.0) or 1.0
+    drawn_edges = [e for e in edges if e["source_index"] in shown and e["target_index"] in shown]
+    heaviest = max((abs(e["weight"]) for e in drawn_edges), default=1.0) or 1.0
+    for e in drawn_edges:
+        (x0, y0), (x1, y1) = shown[e["source_index"]], shown[e["target_index"]]
+        ax.plot([x0, x1], [y0, y1], color="tab:blue" if e["weight"] > 0 else "tab:red",
+                alpha=0.1 + 0.7 * abs(e["weight"]) / heaviest, linewidth=0.4 + 2.0 * abs(e["weight"]) / heaviest, zorder=1)
+    for index, (x, y) in shown.items():
+        n = nodes[index]
+        ax.scatter([x], [y], s=30 + 500 * abs(n["attribution"]) / biggest, zorder=2,
+                   marker="s" if n["feature"] < 0 else "o",
+                   color="tab:blue" if n["attribution"] > 0 else "tab:red", edgecolors="black", linewidths=0.4)
+        label = ("err" if n["feature"] < 0 else f"f{n['feature']}") + f"@{n['offset']}"
+        ax.annotate(label, (x, y), xytext=(0, -14), textcoords="offset points", ha="center", fontsize=7)
+    ax.set_yticks(range(len(layers)), [f"layer {layer}" for layer in layers])
+    ax.set_xticks([])
+    ax.set_xlim(-0.6, top_per_layer - 0.4)
+    ax.set_ylim(-0.6, len(layers) - 0.4)
+    ax.set_xlabel(f"top {top_per_layer} nodes per layer by |attribution| (strongest left)", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def faithfulness_figure(rows: Sequence[dict[str, float]], title: str) -> bytes:
+    """Faithfulness of the top-n circuit and of its complement against n."""
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    sizes = [r["circuit_size"] for r in rows]
+    ax.plot(sizes, [r["faithfulness"] for r in rows], marker="o", label="circuit C", color="tab:blue")
+    ax.plot(sizes, [r["complement_faithfulness"] for r in rows], marker="s", label="complement M∖C", color="tab:red")
+    ax.axhline(1.0, color="black", linewidth=0.6, linestyle=":")
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_xlabel("nodes in circuit (by |attribution|)")
+    ax.set_ylabel("(F − F(∅)) / (F(M) − F(∅))")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
