@@ -53,6 +53,10 @@ def test_code_versions_follow_the_sections_each_asset_reads(tmp_path: Path) -> N
     assert {name for name in base if base[name] != sae_edit[name]} == {"saes"}
     capture_edit = versions({"activations": {"last_n_tokens": 3}})
     assert {name for name in base if base[name] != capture_edit[name]} == {"activations"}
+    graph_edit = versions({"attribution": {"max_nodes_per_layer": 7}})
+    assert {name for name in base if base[name] != graph_edit[name]} == {"attribution_graphs"}
+    experiments_edit = versions({"interventions": {"resample_samples": 7}})
+    assert {name for name in base if base[name] != experiments_edit[name]} == {"interventions"}
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -45,8 +45,8 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
             "baselines",
             "language_model",
         ],
-        # Reads the SAE files of the key layers, whose paths depend on the activations' hook point.
-        code_version=code_version(config, LOGIC_VERSION, "attribution", "activations"),
+        # The hook point and layers it reads reach it through the saes partitions' data versions.
+        code_version=code_version(config, LOGIC_VERSION, "attribution"),
         group_name="study",
         kinds={"pytorch", "parquet"},
         pool="compute",

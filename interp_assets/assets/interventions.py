@@ -36,7 +36,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
             "prompts",
             "language_model",
         ],
-        code_version=code_version(config, LOGIC_VERSION, "interventions", "activations"),
+        code_version=code_version(config, LOGIC_VERSION, "interventions"),
         group_name="study",
         kinds={"pytorch", "parquet"},
         pool="compute",
