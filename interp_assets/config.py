@@ -253,6 +253,10 @@ class StorageSection(_Section):
     """Where artifacts live: a local folder (relative to the config file) or an fsspec URL."""
 
 
+_PARTITION_SELECTING_FIELDS: dict[str, set[str]] = {"activations": {"layers"}}
+"""Fields that choose the partitions rather than what a partition holds (not in code versions)."""
+
+
 class ExperimentConfig(_Section):
     experiment: ExperimentSection
     model: ModelSection
@@ -279,8 +283,15 @@ class ExperimentConfig(_Section):
         return self
 
     def section_hash(self, *sections: str) -> str:
-        """sha256 (16 hex) of the named sections: the config part of an asset's code version."""
-        payload = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        """sha256 (16 hex) of the named sections: the config part of an asset's code version.
+
+        ``activations.layers`` is left out: it decides WHICH layer partitions exist, not what any
+        one of them contains, so adding a layer adds a (missing) partition and leaves the
+        existing layers fresh."""
+        payload = {
+            name: getattr(self, name).model_dump(mode="json", exclude=_PARTITION_SELECTING_FIELDS.get(name))
+            for name in sections
+        }
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         return digest[:16]
 

@@ -53,10 +53,21 @@ def test_code_versions_follow_the_sections_each_asset_reads(tmp_path: Path) -> N
     assert {name for name in base if base[name] != sae_edit[name]} == {"saes"}
     capture_edit = versions({"activations": {"last_n_tokens": 3}})
     assert {name for name in base if base[name] != capture_edit[name]} == {"activations"}
+    layers_edit = versions({"activations": {"layers": "1-5"}})
+    assert layers_edit == base  # a new layer is a new, missing partition; the others stay fresh
     graph_edit = versions({"attribution": {"max_nodes_per_layer": 7}})
     assert {name for name in base if base[name] != graph_edit[name]} == {"attribution_graphs"}
     experiments_edit = versions({"interventions": {"resample_samples": 7}})
     assert {name for name in base if base[name] != experiments_edit[name]} == {"interventions"}
+
+
+def test_editing_the_layer_list_adds_and_removes_layer_partitions(tmp_path: Path) -> None:
+    def layer_keys(layers: str) -> dict[str, list[str]]:
+        graph = build_definitions(write_config(tmp_path, {"activations": {"layers": layers}})).resolve_asset_graph()
+        return {name: graph.get(dg.AssetKey(name)).partitions_def.get_partition_keys() for name in ("activations", "saes")}
+
+    assert layer_keys("1-4") == {"activations": ["1", "2", "3", "4"], "saes": ["1", "2", "3", "4"]}
+    assert layer_keys("2-5") == {"activations": ["2", "3", "4", "5"], "saes": ["2", "3", "4", "5"]}
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -152,11 +152,12 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
         assert set(_stale(dev, asset, partitions)["staleStatusByPartition"]) == {"FRESH"}, asset
     assert _stale(dev, "language_model")["staleStatus"] == "FRESH"
 
-    # A picture of what a researcher sees now. (Dagster 1.13's UI draws no "Unsynced" tag on
-    # partitioned assets' pages, so the stale state is asserted through GraphQL above.)
-    page.goto(f"{dev.url}/assets/saes?view=lineage")
-    page.wait_for_timeout(3000)
-    _shot(page, "03-saes-after-config-edit")
+    # What a researcher sees: a layer's partition page shows the Unsynced tag (Dagster 1.13 draws
+    # it per partition there, from staleStatus(partition:), not on the asset graph's nodes).
+    page.goto(f"{dev.url}/assets/saes?view=partitions&partition={LAYERS[0]}")
+    unsynced = page.get_by_text(re.compile(r"^Unsynced \(\d+\)$"))
+    expect(unsynced.first).to_be_visible(timeout=60_000)
+    _shot(page, "03-saes-partition-unsynced-after-config-edit")
 
     # 6. The sensor relaunches exactly the stale partitions (all four layers, one run) and nothing else.
     deadline = time.monotonic() + 600
@@ -172,8 +173,9 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     assert {tuple(a["path"]) for r in new for a in r["assetSelection"] or []} == {("saes",)}, new
     assert len(new) == 1, f"stale layers relaunch as one single-run backfill: {new}"
     assert set(_stale(dev, "saes", LAYERS)["staleStatusByPartition"]) == {"FRESH"}
-    page.goto(f"{dev.url}/assets/saes")
-    page.wait_for_timeout(3000)
+    page.goto(f"{dev.url}/assets/saes?view=partitions&partition={LAYERS[0]}")
+    expect(page.get_by_text("Latest materialization").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text(re.compile(r"^Unsynced"))).to_have_count(0, timeout=30_000)
     _shot(page, "04-saes-fresh-after-automation")
     page.close()
 
