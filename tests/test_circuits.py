@@ -263,3 +263,14 @@ def test_graph_json_has_the_circuit_tracer_schema(lab) -> None:  # noqa: ANN001
     assert all(0 <= n.ctx_idx < len(tokens) for n in document.nodes)
     assert {n.feature_type for n in document.nodes} <= {"cross layer transcoder", "mlp reconstruction error", "logit"}
     assert node_id(graph.nodes[0], graph.max_length) == ids[0]
+
+
+def test_resampling_is_seeded_by_the_experiment_and_independent_of_batching(lab) -> None:  # noqa: ANN001
+    nodes = ((2, -1, 0), (2, -1, 1), (3, -2, 5))
+    experiment = Experiment("resample_ablation/group000", "resample_ablation", "resample", "test", nodes=nodes, samples=4)
+    one_per_pass = _runner(lab, max_sequences_per_pass=1).run(experiment)
+    stacked = _runner(lab, max_sequences_per_pass=512).run(experiment)
+    torch.testing.assert_close(one_per_pass.ld, stacked.ld, atol=1e-4, rtol=0)
+    other_seed = _runner(lab).run(Experiment("resample_ablation/group001", "resample_ablation", "resample", "test",
+                                             nodes=nodes, samples=4))
+    assert not torch.allclose(other_seed.ld, stacked.ld)

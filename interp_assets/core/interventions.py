@@ -128,8 +128,11 @@ class InterventionRunner:
         pad_token_id: int,
         circuit_layers: Sequence[int] = (),
         batch_size: int = 32,
+        max_sequences_per_pass: int = 512,
     ) -> None:
         self.model = model
+        self.max_sequences_per_pass = max_sequences_per_pass
+        """Resampling stacks several draws into one forward pass up to this many sequences."""
         self.circuit_layers = sorted(circuit_layers)
         """The key layers whose nodes form circuits (the attribution graph's layers)."""
         self.device = next(model.parameters()).device
@@ -284,31 +287,44 @@ class InterventionRunner:
         return self._forward(prompt_set, corrupted=False,
                              edit=lambda batch, ix: self._feature_edit(batch, experiment.nodes, value))
 
+    @torch.no_grad()
     def _resample(self, experiment: Experiment) -> ExperimentResult:
         """Each draw: every prompt takes the group's feature values from another prompt of its
-        length (a random derangement within each length bucket, seeded by the experiment id)."""
+        length (a random derangement within each length bucket, seeded by the experiment id).
+        Several draws share one forward pass (the batch stacked once per draw)."""
         s = self.sets[experiment.prompt_set]
         lengths = [len(ids) for ids in s.pairs.clean]
         generator = torch.Generator().manual_seed(seed_of("resample:" + experiment.id))
+        donors = torch.stack([_derangement_by_length(lengths, generator) for _ in range(experiment.samples)]).to(self.device)
         layers = sorted({node[0] for node in experiment.nodes})
         acts = {layer: self._clean_activations(experiment.prompt_set, layer) for layer in layers}
         ld_total = torch.zeros(len(s.pairs), device=self.device)
         kl_total = torch.zeros(len(s.pairs), device=self.device)
-        for _ in range(experiment.samples):
-            donor = _derangement_by_length(lengths, generator).to(self.device)
+        for batch, ix in zip(s.batches, s.indices, strict=True):
+            rows = torch.as_tensor(ix, device=self.device)
+            per_pass = max(1, self.max_sequences_per_pass // batch.size)
+            for first in range(0, experiment.samples, per_pass):
+                draws = donors[first : first + per_pass]  # [k, n]
+                stacked = batch.repeat(draws.shape[0])
+                donor_rows = draws[:, rows].reshape(-1)  # donor of each stacked row
 
-            def edit(batch: PairBatch, ix: list[int]) -> dict[int, Callable]:
-                donors = donor[ix]
-
-                def value(node: NodeRef, r: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+                def value(node: NodeRef, r: torch.Tensor, p: torch.Tensor, donor_rows=donor_rows) -> torch.Tensor:
                     layer, _, feature = node
-                    return self.saes[layer].encode(acts[layer][donors[r], p])[:, feature]
+                    return self.saes[layer].encode(acts[layer][donor_rows[r], p])[:, feature]
 
-                return self._feature_edit(batch, experiment.nodes, value)
+                fns = self._feature_edit(stacked, experiment.nodes, value)
 
-            result = self._forward(experiment.prompt_set, corrupted=False, edit=edit)
-            ld_total += result.ld
-            kl_total += result.kl
+                def apply(layer: int, activation: torch.Tensor, fns=fns) -> torch.Tensor | None:
+                    fn = fns.get(layer)
+                    return None if fn is None else fn(activation.float()).to(activation.dtype)
+
+                with hooked(self.model, sorted(fns), self.hook_point, apply):
+                    logits = run_logits(self.model, stacked.clean_ids, stacked)
+                k = draws.shape[0]
+                ld_total[rows] += logit_diff(logits, stacked).reshape(k, -1).sum(0)
+                logp = last_token_logits(logits, stacked).log_softmax(-1).reshape(k, batch.size, -1)
+                clean = s.logp_clean[rows][None]
+                kl_total[rows] += (clean.exp() * (clean - logp)).sum(-1).sum(0)
         return ExperimentResult(ld_total / experiment.samples, kl_total / experiment.samples)
 
     def _patch(self, experiment: Experiment) -> ExperimentResult:

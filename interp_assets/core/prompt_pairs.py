@@ -53,6 +53,18 @@ class PairBatch:
         index = torch.arange(self.width, device=self.lengths.device)
         return index[None, :] - self.lengths[:, None]
 
+    def repeat(self, times: int) -> PairBatch:
+        """The batch stacked ``times`` times (row r of copy c is row c·B + r): many draws, one pass."""
+        return PairBatch(
+            self.clean_ids.repeat(times, 1),
+            self.corrupted_ids.repeat(times, 1),
+            self.attention_mask.repeat(times, 1),
+            self.lengths.repeat(times),
+            self.target_ids.repeat(times),
+            self.foil_ids.repeat(times),
+            self.rows * times,
+        )
+
     def select(self, rows: Sequence[int]) -> PairBatch:
         """The sub-batch of the given row positions (within this batch)."""
         index = torch.as_tensor(list(rows), device=self.clean_ids.device, dtype=torch.long)
