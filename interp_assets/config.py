@@ -31,7 +31,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/nan never make sense in a study config (an infinite threshold silently prunes everything).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ExperimentSection(_Section):
@@ -77,8 +78,9 @@ class TinyModelSection(_Section):
 class ModelSection(_Section):
     source: Literal["tiny", "pretrained"]
     """``tiny``: built and trained by the project; ``pretrained``: any HF causal LM on disk."""
-    name: str = Field(min_length=1, max_length=200)
-    """Model id recorded in metadata (a hub id such as ``Qwen/Qwen2.5-3B-Instruct``)."""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+    """Model id recorded in metadata and in a storage path: a hub id such as
+    ``Qwen/Qwen2.5-3B-Instruct`` (letters, digits, ``._-``, at most one ``/``; no ``..`` path tricks)."""
     path: str | None = None
     """Local directory holding config.json + weights (pretrained only). Relative to the config file."""
     revision: str | None = None
@@ -377,7 +379,10 @@ def load_config(path: str | Path | None = None) -> ExperimentConfig:
     if not config_path.is_file():
         raise ConfigError(f"{CONFIG_ENV_VAR}: config file {config_path} does not exist")
     try:
-        data = yaml.safe_load(config_path.read_text())
+        data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"invalid experiment config {config_path}: not UTF-8 text ({error.reason} at byte "
+                          f"{error.start})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"invalid experiment config {config_path}: not valid YAML: {error}") from None
     config = parse_config(data, source=str(config_path), base_dir=config_path.parent)
