@@ -60,22 +60,23 @@ class ArtifactStore:
     def write_bytes(self, relpath: str, data: bytes) -> str:
         """Atomically write ``data``; returns its sha256."""
         path = self._path(relpath)
+        if not self.is_local:
+            # An object-store PUT is atomic (readers see the old object or the new one, never part
+            # of one); a temporary copy + rename would only leave extra versions in a versioned bucket.
+            self.fs.pipe_file(path, data)
+            return sha256_bytes(data)
         parent = path.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         tmp = f"{path}{_TMP_MARK}{uuid.uuid4().hex}"
         try:
-            if self.is_local:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            else:
-                self.fs.pipe_file(tmp, data)
-                self.fs.mv(tmp, path)
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
         except BaseException:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp)
+            if os.path.exists(tmp):
+                os.remove(tmp)
             raise
         return sha256_bytes(data)
 
@@ -145,16 +146,24 @@ class ArtifactStore:
     def is_complete_dir(self, relpath: str) -> bool:
         return self.exists(f"{relpath}/_COMPLETE")
 
-    @staticmethod
-    def _cache_path(relpath: str, cache_dir: str | Path | None) -> Path:
-        """Where a remote artifact is downloaded to (once) for code that needs a local path."""
-        return Path(cache_dir or Path(tempfile.gettempdir()) / "interp_assets_cache") / relpath
+    def _version_tag(self, relpath: str) -> str:
+        """What identifies the current content of a remote object: size + ETag/VersionId/mtime.
+        A re-published artifact gets a new tag, so a cached copy of the old one is never served."""
+        info = self.fs.info(self._path(relpath))
+        keys = ("size", "ETag", "VersionId", "LastModified", "mtime", "etag", "version_id")
+        return json.dumps({key: str(info[key]) for key in keys if info.get(key) is not None}, sort_keys=True)
+
+    def _cache_path(self, relpath: str, cache_dir: str | Path | None, tag: str) -> Path:
+        """Where a remote artifact is downloaded to (once per version) for code that needs a local
+        path: keyed by the root and the object's version, so two roots or two versions never mix."""
+        key = sha256_bytes(f"{self.root_url}\0{relpath}\0{tag}".encode())[:20]
+        return Path(cache_dir or Path(tempfile.gettempdir()) / "interp_assets_cache") / key / Path(relpath).name
 
     def local_file(self, relpath: str, cache_dir: str | Path | None = None) -> Path:
         """A local path for the file ``relpath`` (downloaded once into a cache if the root is remote)."""
         if self.is_local:
             return Path(self._path(relpath))
-        cache = self._cache_path(relpath, cache_dir)
+        cache = self._cache_path(relpath, cache_dir, self._version_tag(relpath))
         if not cache.exists():
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_name(cache.name + _TMP_MARK + uuid.uuid4().hex)
@@ -168,7 +177,8 @@ class ArtifactStore:
             raise FileNotFoundError(f"{self.url(relpath)} is missing or incomplete")
         if self.is_local:
             return Path(self._path(relpath))
-        cache = self._cache_path(relpath, cache_dir)
+        # The _COMPLETE marker is rewritten last on every publish: its version names the folder's.
+        cache = self._cache_path(relpath, cache_dir, self._version_tag(f"{relpath}/_COMPLETE"))
         if not (cache / "_COMPLETE").exists():
             cache.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=cache.name + _TMP_MARK, dir=cache.parent))
