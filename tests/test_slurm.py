@@ -1,9 +1,7 @@
 """SlurmCompute against a real one-node SLURM cluster (scripts/slurm-local.sh), no mocks.
 
-The module starts the cluster (without accounting first, then with slurmdbd + MariaDB) and stops
-it at the end; everything is skipped, with the script's reason, only when it cannot start (not
-root, no apt). Tiny SAE step counts keep it short, except the time-limit test, which needs a job
-that outlives a one-minute limit.
+The module starts the cluster (without accounting) and stops it at the end; everything is skipped, with the script's reason, only when it cannot start (not
+root, no apt). Tiny SAE step counts keep it short.
 """
 
 from __future__ import annotations
@@ -84,15 +82,29 @@ def slurm(tmp: Path, **settings: object) -> SlurmCompute:
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path) -> dict[str, Path]:
-    """Two storage roots with the tiny model: one for LocalCompute, one for SlurmCompute."""
+def studies(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path) -> dict[str, object]:
+    """Two storage roots with the tiny model; prompts -> baselines -> activations materialized in
+    one with LocalCompute, in the other with SlurmCompute (the later tests build on the latter)."""
     cluster()
     root = tmp_path_factory.mktemp("slurm-study")
-    paths = {}
+    paths: dict[str, object] = {}
     for name in ("local", "slurm"):
         (root / name).mkdir()
         paths[name] = write_config(root / name, TINY_SAE)
         seed_tiny_model(load_config(paths[name]).storage.root, tiny_model_storage)
+    config = load_config(paths["slurm"])
+    layers = layer_range(config.layer_keys[0], config.layer_keys[-1])
+    compute = slurm(root, overrides={"activations": {"mem": "3G"}})
+    with dg.instance_for_test() as instance:
+        for name, backend in (("local", LocalCompute()), ("slurm", compute)):
+            for behaviour in config.prompts.behaviours:
+                result = materialize(paths[name], ["prompts", "baselines"], backend, instance, partition_key=behaviour)
+                assert result.success, failure_text(result)
+            result = materialize(paths[name], ["activations"], backend, instance, tags=layers)
+            assert result.success, failure_text(result)
+        paths["activations_log"] = run_log(instance, result.run_id)
+        paths["activations_md"] = result.asset_materializations_for_node("activations")[0].metadata
+        paths["jobs"] = jobs()
     return paths
 
 
@@ -103,21 +115,9 @@ def _tree(root: Path) -> dict[str, bytes]:
 # ---- 1. same bytes as LocalCompute; jobs really on the cluster ---------------------------------
 
 
-def test_prompts_baselines_activations_give_the_same_bytes_as_local(studies: dict[str, Path], tmp_path: Path) -> None:
-    config = load_config(studies["slurm"])
-    layers = layer_range(config.layer_keys[0], config.layer_keys[-1])
-    compute = slurm(tmp_path, overrides={"activations": {"mem": "3G"}})
-    with dg.instance_for_test() as instance:
-        for name, backend in (("local", LocalCompute()), ("slurm", compute)):
-            for behaviour in config.prompts.behaviours:
-                result = materialize(studies[name], ["prompts", "baselines"], backend, instance, partition_key=behaviour)
-                assert result.success, failure_text(result)
-            result = materialize(studies[name], ["activations"], backend, instance, tags=layers)
-            assert result.success, failure_text(result)
-        log = run_log(instance, result.run_id)
-        md = result.asset_materializations_for_node("activations")[0].metadata
+def test_prompts_baselines_activations_give_the_same_bytes_as_local(studies: dict) -> None:
+    log, md, seen = studies["activations_log"], studies["activations_md"], studies["jobs"]
     # Real jobs: the controller saw one per baselines partition and ONE for the activations range.
-    seen = jobs()
     assert sorted(j["name"] for j in seen) == ["ia-activations", "ia-baselines", "ia-baselines"], seen
     assert all(j["state"] == "COMPLETED" for j in seen), seen
     activations_job = next(j for j in seen if j["name"] == "ia-activations")
@@ -128,7 +128,7 @@ def test_prompts_baselines_activations_give_the_same_bytes_as_local(studies: dic
     assert md["provenance/slurm_job_id"].value == activations_job["job_id"]
     assert "[slurm] submitted activations as job" in log
     assert "capture: batch" in log  # the worker's Pipes logs arrive through the message file
-    assert "started" in log and "[slurm activations err] interp_assets: job" in log  # the log tail, streamed
+    assert "[slurm activations err] interp_assets: job" in log  # the job's log tail, streamed
     local_root, slurm_root = (Path(load_config(studies[n]).storage.root) for n in ("local", "slurm"))
     for folder in ("prompts", "baselines", "activations"):
         local, remote = _tree(local_root / folder), _tree(slurm_root / folder)
@@ -141,7 +141,7 @@ def test_prompts_baselines_activations_give_the_same_bytes_as_local(studies: dic
 
 
 def test_sae_layer_backfill_is_one_array_job_and_a_retry_reruns_only_the_failed_layer(
-    studies: dict[str, Path], tmp_path: Path
+    studies: dict, tmp_path: Path
 ) -> None:
     config = load_config(studies["slurm"])
     assert len(config.layer_keys) >= 4
@@ -232,7 +232,7 @@ def test_bad_values_fail_before_submission_naming_the_field(name: str, value: ob
         SlurmCompute(**settings).check_settings()
 
 
-def test_an_injected_partition_fails_the_run_before_anything_is_submitted(studies: dict[str, Path], tmp_path: Path) -> None:
+def test_an_injected_partition_fails_the_run_before_anything_is_submitted(studies: dict, tmp_path: Path) -> None:
     before = jobs()
     with dg.instance_for_test() as instance:
         result = materialize(studies["slurm"], ["baselines"], slurm(tmp_path, partition="gpu; rm -rf ~"), instance,
@@ -263,7 +263,7 @@ def _copy_study(config_path: Path, tmp: Path, updates: dict) -> Path:
     return write_config(tmp, {**TINY_SAE, **updates})
 
 
-def test_interrupting_the_step_cancels_its_job(studies: dict[str, Path], tmp_path: Path) -> None:
+def test_interrupting_the_step_cancels_its_job(studies: dict, tmp_path: Path) -> None:
     """Dagster terminates a run by interrupting its step (SIGINT): the job must leave the queue."""
     config_path = _copy_study(studies["slurm"], tmp_path, {"sae": {**TINY_SAE["sae"], "steps": 1_000_000}})
     driver = tmp_path / "driver.py"
@@ -291,29 +291,20 @@ def test_interrupting_the_step_cancels_its_job(studies: dict[str, Path], tmp_pat
     assert job["job_id"] not in queue
 
 
-# ---- 5. a job past its time limit is resubmitted and resumes from its checkpoint ---------------
+def test_the_cd3_profile_loads_and_switching_backend_changes_no_code_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    def code_versions(defs: dg.Definitions) -> dict:
+        return {key: version for a in defs.assets for key, version in a.code_versions_by_key.items()}
 
-
-def test_a_timed_out_job_is_resubmitted_and_finishes_from_its_checkpoint(studies: dict[str, Path], tmp_path: Path) -> None:
-    # About 1.5 one-minute attempts of training at this machine's speed; periodic checkpoints are
-    # rare on purpose, so it is the USR1-triggered one that saves most of the first attempt.
-    sae = {**TINY_SAE["sae"], "steps": STEPS_FOR_TIMEOUT, "checkpoint_every": STEPS_FOR_TIMEOUT // 2 + 1,
-           "log_every": 500, "lr_warmup_steps": 50, "lr_decay_steps": 100}
-    config_path = _copy_study(studies["slurm"], tmp_path, {"sae": sae})
-    compute = slurm(tmp_path, time="1", signal_seconds=20, max_resubmits=4)
-    with dg.instance_for_test() as instance:
-        result = materialize(config_path, ["saes"], compute, instance, partition_key="1")
-        log = run_log(instance, result.run_id)
-    assert result.success, failure_text(result)
-    assert "ended TIMEOUT: resubmitting" in log
-    assert "USR1 received: checkpointing" in log
-    assert "resumed from the checkpoint at step" in log
-    md = result.asset_materializations_for_node("saes")[0].metadata
-    assert md["slurm/attempts"].value >= 2
-    submissions = md["slurm/submissions"].value
-    states = {j["job_id"]: j["state"] for j in jobs(*submissions)}
-    assert [states[s] for s in submissions[:-1]] == ["TIMEOUT"] * (len(submissions) - 1)
-    assert states[submissions[-1]] == "COMPLETED"
-
-
-STEPS_FOR_TIMEOUT = 24_000
+    local = code_versions(build_definitions())
+    monkeypatch.setenv("INTERP_ASSETS_COMPUTE", "slurm")
+    monkeypatch.setenv("INTERP_ASSETS_SLURM_PROFILE", "configs/slurm-cd3.yaml")
+    defs = build_definitions()
+    compute = defs.resources["compute"]
+    assert isinstance(compute, SlurmCompute)
+    assert compute.job_settings("activations")["mem"] == "96G" and compute.job_settings("saes")["gres"] == "gpu:1"
+    assert compute.job_settings("language_model")["gres"] == ""
+    assert code_versions(defs) == local and len(local) >= 6
+    bad = PROJECT_ROOT / "configs" / "slurm-cd3.yaml"
+    monkeypatch.setenv("INTERP_ASSETS_SLURM_PROFILE", str(bad.with_name("no-such-profile.yaml")))
+    with pytest.raises(SlurmConfigError, match="cannot read the SLURM profile"):
+        build_definitions()
