@@ -176,7 +176,7 @@ def test_sae_layer_backfill_is_one_array_job_and_a_retry_reruns_only_the_failed_
         # Finished layers were found and skipped; only the failed one trained.
         skipped = {k for k in config.layer_keys if f"layer {k}: SAE already trained for this config and data, skipped" in log}
         assert skipped == set(config.layer_keys) - {broken}
-        assert f"layer {broken}: training a relu SAE" in log
+        assert f"layer {broken}: training a standard SAE" in log  # SAELens calls ReLU+L1 "standard"
         for index, key in enumerate(config.layer_keys):
             md = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey("saes"), asset_partitions=[key]), limit=1
