@@ -15,7 +15,7 @@ import dagster as dg
 from interp_assets.assets import PHASES
 from interp_assets.automation import automation_sensor, with_automation
 from interp_assets.config import load_config
-from resources.compute import LocalCompute
+from resources.backend import compute_from_env
 
 
 # single_run() backfill policies are what make a layer backfill one run; the beta notice is noise.
@@ -26,7 +26,7 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
     config = load_config(config_path)
     assets = with_automation([definition for phase in PHASES for definition in phase.build(config)])
-    return dg.Definitions(assets=assets, sensors=[automation_sensor(config)], resources={"compute": LocalCompute()})
+    return dg.Definitions(assets=assets, sensors=[automation_sensor(config)], resources={"compute": compute_from_env()})
 
 
 defs = build_definitions()

@@ -481,6 +481,7 @@ def _train_one_sae(ctx: TaskContext, layer: int, model, tokenizer) -> dict[str, 
         save_checkpoint=lambda blob: store.write_bytes(checkpoint, blob),
         log=lambda message: ctx.log(f"layer {layer}: {message}"),
         eval_vectors=data.held_out_vectors(),
+        checkpoint_requested=_checkpoint_requested,
     )
     sae = result.sae.cpu()
     final = result.history[-1]
@@ -896,7 +897,32 @@ def _run_direct(task: str, config_path: str, partition_keys: list[str]) -> None:
     print(json.dumps({"data_version": result.data_version, "metadata": metadata, "partitions": result.partitions}))
 
 
+_CHECKPOINT_SIGNALLED = False
+
+
+def _checkpoint_on_usr1() -> None:
+    """SLURM sends USR1 ahead of the time limit (``--signal=B:USR1@N``, the worker ``exec``-ed by
+    the batch script): checkpoint at the next step instead of dying (USR1's default action), so
+    the resubmitted job resumes from there. Installed first thing, before the model loads."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        global _CHECKPOINT_SIGNALLED
+        _CHECKPOINT_SIGNALLED = True
+        print("worker: USR1 received: checkpointing at the next training step", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR1, handler)
+
+
+def _checkpoint_requested() -> bool:
+    """True once after each USR1."""
+    global _CHECKPOINT_SIGNALLED
+    requested, _CHECKPOINT_SIGNALLED = _CHECKPOINT_SIGNALLED, False
+    return requested
+
+
 def main(argv: list[str] | None = None) -> None:
+    _checkpoint_on_usr1()
     parser = argparse.ArgumentParser(prog="python -m interp_assets.worker", description=__doc__.split("\n")[0])
     parser.add_argument("task", choices=sorted(TASKS))
     parser.add_argument("--config", help="run without Dagster Pipes: the experiment config file")

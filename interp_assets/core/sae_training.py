@@ -166,8 +166,11 @@ def train_sae(
     save_checkpoint: Callable[[bytes], None] = lambda blob: None,
     log: Callable[[str], None] = lambda message: None,
     eval_vectors: torch.Tensor | None = None,
+    checkpoint_requested: Callable[[], bool] = lambda: False,
 ) -> TrainingResult:
-    """Train one SAE on ``batches``; resume from ``load_checkpoint()`` when it matches this run."""
+    """Train one SAE on ``batches``; resume from ``load_checkpoint()`` when it matches this run.
+    ``checkpoint_requested()`` True (e.g. SLURM's warning signal before a time limit) saves a
+    checkpoint after the current step, on top of the regular ``checkpoint_every``."""
     device = torch.device(device)
     d_in = batches.data.d_in
     spec = SaeSpec(
@@ -243,7 +246,7 @@ def train_sae(
                 f"R² {record['metrics/explained_variance']:.3f} L0 {record['metrics/l0']:.1f} "
                 f"dead {record['sparsity/dead_fraction']:.3f} {record['perf/steps_per_s']:.1f} steps/s"
             )
-        if step % config.checkpoint_every == 0 and step < config.steps:
+        if (step % config.checkpoint_every == 0 or checkpoint_requested()) and step < config.steps:
             save_checkpoint(
                 _checkpoint_bytes(sae, optimizer, step, position, steps_since_fired, history, fingerprint, scale)
             )

