@@ -63,6 +63,24 @@ def _range(config: ExperimentConfig, first: str | None = None, last: str | None 
     }
 
 
+def _direct_worker(task: str, partition: str):  # noqa: ANN202
+    """(command prefix, env, run_to_end) for running one worker task outside Dagster, the way the
+    kill -9 tests do: one torch thread, so reruns repeat the same floating-point order."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "interp_assets.worker", task, "--partition", partition, "--config"]
+    env = {**os.environ, "INTERP_ASSETS_TORCH_THREADS": "1"}
+
+    def run_to_end(config_path: Path) -> tuple[dict, str]:
+        done = subprocess.run([*command, str(config_path)], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+    return command, env, run_to_end
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path):  # noqa: ANN201
     root = tmp_path_factory.mktemp("study")
@@ -247,11 +265,9 @@ def test_attribution_graph_and_interventions_materialize_with_passing_checks(stu
 def test_a_killed_intervention_run_resumes_without_recomputing(study: Study, tmp_path: Path) -> None:
     """kill -9 the worker after a few parts are written; the rerun computes only the rest, and
     the table equals an uninterrupted run's."""
-    import os
     import shutil
     import signal
     import subprocess
-    import sys
     import time
 
     assert _circuits(study, "ioi").success
@@ -262,14 +278,7 @@ def test_a_killed_intervention_run_resumes_without_recomputing(study: Study, tmp
         for folder in ("models", "prompts", "saes", "attribution"):
             shutil.copytree(study.store.url(folder), root / "storage" / folder)
         runs[name] = write_config(root, updates)
-    command = [sys.executable, "-m", "interp_assets.worker", "interventions", "--partition", "ioi", "--config"]
-    env = {**os.environ, "INTERP_ASSETS_TORCH_THREADS": "1"}  # same threads, same floating-point order
-
-    def run_to_end(config_path: Path) -> tuple[dict, str]:
-        done = subprocess.run([*command, str(config_path)], capture_output=True, text=True, env=env, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
-
+    command, env, run_to_end = _direct_worker("interventions", "ioi")
     reference, _ = run_to_end(runs["uninterrupted"])
     total = reference["metadata"]["n_experiments"]
 
@@ -338,11 +347,9 @@ def test_saes_for_all_layers_in_one_run_pass_their_checks(study: Study) -> None:
 def test_a_killed_training_resumes_to_bit_identical_weights(study: Study, tmp_path: Path) -> None:
     """kill -9 a worker mid-training; the rerun resumes from its checkpoint and ends with the
     same weights as an uninterrupted run."""
-    import os
     import shutil
     import signal
     import subprocess
-    import sys
     import time
 
     layer = study.config.layer_keys[0]
@@ -353,14 +360,7 @@ def test_a_killed_training_resumes_to_bit_identical_weights(study: Study, tmp_pa
         shutil.copytree(study.store.url("models"), root / "storage" / "models")
         shutil.copytree(study.store.url("activations"), root / "storage" / "activations")
         runs[name] = write_config(root, updates)
-    command = [sys.executable, "-m", "interp_assets.worker", "saes", "--partition", layer, "--config"]
-    env = {**os.environ, "INTERP_ASSETS_TORCH_THREADS": "1"}  # same threads, same floating-point order
-
-    def run_to_end(config_path: Path) -> tuple[dict, str]:
-        done = subprocess.run([*command, str(config_path)], capture_output=True, text=True, env=env, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
-
+    command, env, run_to_end = _direct_worker("saes", layer)
     reference, _ = run_to_end(runs["uninterrupted"])
 
     killed_config = load_config(runs["killed"])

@@ -12,6 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _png(fig) -> bytes:  # noqa: ANN001
+    """The figure as PNG bytes, then closed. No timestamps or software tags in the PNG, so the
+    same figure gives the same bytes."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def logit_diff_histogram(clean: Sequence[float], corrupted: Sequence[float], title: str) -> bytes:
     """Histogram of per-prompt logit differences on clean vs corrupted prompts, as PNG bytes."""
     fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
@@ -25,12 +35,7 @@ def logit_diff_histogram(clean: Sequence[float], corrupted: Sequence[float], tit
     ax.set_ylabel("prompts")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    # No timestamps or software tags in the PNG, so the same figures give the same bytes.
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def training_curves(history: Sequence[dict[str, float]], title: str) -> bytes:
@@ -51,11 +56,7 @@ def training_curves(history: Sequence[dict[str, float]], title: str) -> bytes:
             ax.set_yscale("log")
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def png_markdown(png: bytes, alt: str) -> str:
@@ -98,11 +99,7 @@ def attribution_graph_figure(
     ax.set_ylim(-0.6, len(layers) - 0.4)
     ax.set_xlabel(f"top {top_per_layer} nodes per layer by |attribution| (strongest left)", fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def faithfulness_figure(rows: Sequence[dict[str, float]], title: str) -> bytes:
@@ -117,8 +114,4 @@ def faithfulness_figure(rows: Sequence[dict[str, float]], title: str) -> bytes:
     ax.set_ylabel("(F − F(∅)) / (F(M) − F(∅))")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
