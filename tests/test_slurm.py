@@ -310,3 +310,92 @@ def test_the_cd3_profile_loads_and_switching_backend_changes_no_code_version(mon
     monkeypatch.setenv("INTERP_ASSETS_SLURM_PROFILE", str(bad.with_name("no-such-profile.yaml")))
     with pytest.raises(SlurmConfigError, match="cannot read the SLURM profile"):
         build_definitions()
+
+
+# ---- 5. SLURM's own error text; submission from a workstation over SSH --------------------------
+
+
+def test_slurms_error_text_surfaces_verbatim(studies: dict, tmp_path: Path) -> None:
+    with dg.instance_for_test() as instance:
+        result = materialize(studies["slurm"], ["baselines"], slurm(tmp_path, partition="nosuchpartition"), instance,
+                             partition_key="ioi")
+    assert not result.success
+    text = failure_text(result)
+    assert "invalid partition specified: nosuchpartition" in text, text[-2000:]
+
+
+@pytest.fixture
+def sshd(tmp_path: Path):  # noqa: ANN201
+    """A real OpenSSH server on loopback, with a host key and a client key made here."""
+    if not Path("/usr/sbin/sshd").exists():
+        done = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "openssh-server"],
+                              capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if done.returncode != 0:
+            pytest.skip(f"openssh-server could not be installed: {done.stderr.strip()[-400:]}")
+    keys = tmp_path / "ssh"
+    keys.mkdir(mode=0o700)
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    shutil.copy(keys / "client.pub", keys / "authorized_keys")
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = keys / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {keys / 'host'}", f"AuthorizedKeysFile {keys / 'authorized_keys'}",
+        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
+        "UsePAM no", "StrictModes no", f"PidFile {keys / 'sshd.pid'}", "LogLevel VERBOSE", "",
+    ]))
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    log = keys / "sshd.log"
+    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(log)])
+    known_hosts = keys / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {(keys / 'host.pub').read_text().split()[0]} "
+                           f"{(keys / 'host.pub').read_text().split()[1]}\n")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        probe = subprocess.run(["ssh", "-p", str(port), "-i", str(keys / "client"), "-o", "BatchMode=yes",
+                                "-o", f"UserKnownHostsFile={known_hosts}", "root@127.0.0.1", "true"], capture_output=True)
+        if probe.returncode == 0:
+            break
+        time.sleep(0.3)
+    else:
+        server.terminate()
+        pytest.skip(f"sshd did not accept a login on 127.0.0.1:{port}: {log.read_text()[-600:] if log.exists() else ''}")
+    yield {"port": port, "key": str(keys / "client"), "known_hosts": str(known_hosts), "log": log}
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_submission_over_ssh_runs_the_same_job(studies: dict, tmp_path: Path, sshd: dict) -> None:
+    """Dagster on a workstation, sbatch/squeue/sacct on the login node: every cluster command goes
+    through a real sshd with a key made by the test (the Pipes files on the shared filesystem)."""
+    before = {j["job_id"] for j in jobs()}
+    compute = slurm(tmp_path, ssh_host="127.0.0.1", ssh_user="root", ssh_port=sshd["port"],
+                    ssh_key_file=sshd["key"], ssh_known_hosts_file=sshd["known_hosts"])
+    with dg.instance_for_test() as instance:
+        result = materialize(studies["slurm"], ["baselines"], compute, instance, partition_key="capitals")
+        assert result.success, failure_text(result)
+        md = result.asset_materializations_for_node("baselines")[0].metadata
+    (job,) = [j for j in jobs() if j["job_id"] not in before]
+    assert job["name"] == "ia-baselines" and job["state"] == "COMPLETED"
+    assert md["slurm/job_id"].value == job["job_id"]
+    assert md["accuracy_clean"].value >= 0.8  # the worker really ran and reported through Pipes
+    logins = sshd["log"].read_text().count("Accepted publickey for root")
+    assert logins >= 3, sshd["log"].read_text()[-2000:]  # sbatch, then status polls, over SSH
+
+    # A wrong host key is refused (strict host key checking), before anything is submitted.
+    wrong = tmp_path / "wrong_known_hosts"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    wrong.write_text(f"[127.0.0.1]:{sshd['port']} {' '.join((tmp_path / 'other.pub').read_text().split()[:2])}\n")
+    before = {j["job_id"] for j in jobs()}
+    with dg.instance_for_test() as instance:
+        refused = materialize(studies["slurm"], ["baselines"],
+                              slurm(tmp_path, ssh_host="127.0.0.1", ssh_user="root", ssh_port=sshd["port"],
+                                    ssh_key_file=sshd["key"], ssh_known_hosts_file=str(wrong)),
+                              instance, partition_key="capitals")
+    assert not refused.success
+    assert "Host key verification failed" in failure_text(refused) or "REMOTE HOST IDENTIFICATION" in failure_text(refused)
+    assert {j["job_id"] for j in jobs()} == before
