@@ -53,8 +53,10 @@ def main() -> None:
             shutil.copytree(args.storage / name, tmp / "storage" / name)
         data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
         data["storage"]["root"] = str(tmp / "storage")
-        data["sae"]["steps"] = args.sae_steps
-        data["sae"]["checkpoint_every"] = max(args.sae_steps, 1)
+        steps = args.sae_steps
+        data["sae"].update(steps=steps, checkpoint_every=steps, log_every=steps, lr_warmup_steps=steps // 10,
+                           lr_decay_steps=steps // 5, l1_warmup_steps=steps // 10, dead_window_steps=steps // 2,
+                           min_explained_variance=0.0)
         config_path = tmp / "config.yaml"
         config_path.write_text(yaml.safe_dump(data, sort_keys=False))
         config = load_config(config_path)
