@@ -406,6 +406,7 @@ class _Follower:
         self.source = "squeue" if compute.status_source == "squeue" else "sacct"
         self.offsets: dict[Path, int] = {}
         self.submissions: list[str] = []
+        self.first_submitted = time.time()
 
     # ---- submit / cancel
 
@@ -424,6 +425,8 @@ class _Follower:
         for t in tasks:
             t.job_id, t.state, t.missing_polls = job_id, "PENDING", 0
             t.attempts += 1
+        if not self.submissions:
+            self.first_submitted = time.time()
         self.submissions.append(job_id)
         what = f"array job {job_id} (--array={array}{'%' + str(self.job['array_parallelism']) if self.job['array_parallelism'] else ''})" \
             if array is not None else f"job {job_id}"
@@ -467,8 +470,12 @@ class _Follower:
         ids = sorted({t.job_id for t in self.tasks if t.state not in TERMINAL})
         rows = None
         if self.source == "sacct":
+            # Only jobs from around this run's first submission: where job ids were reset (a
+            # rebuilt controller), sacct keeps the older jobs of the same ids and would report those.
+            since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.first_submitted - 300))
             done = self.compute.cluster_command(
-                ["sacct", "-n", "-P", "-j", ",".join(ids), "-o", "JobIDRaw,JobID,State,ExitCode,Elapsed,MaxRSS,NodeList,AllocTRES"])
+                ["sacct", "-n", "-P", "-S", since, "-j", ",".join(ids),
+                 "-o", "JobIDRaw,JobID,State,ExitCode,Elapsed,MaxRSS,NodeList,AllocTRES"])
             if done.returncode == 0:
                 rows = _parse_sacct(done.stdout)
             elif "accounting storage is disabled" in done.stderr and self.compute.status_source == "auto":

@@ -163,6 +163,9 @@ start_munged() {
 start_accounting_db() {
     command -v mariadbd >/dev/null && command -v slurmdbd >/dev/null || apt_install mariadb-server slurmdbd
     local db=$STATE/mysql
+    # A fresh cluster numbers jobs from 1 again: a kept database would hold older jobs with the
+    # same ids, and sacct would report those. Start the accounting database fresh too.
+    pid_alive mariadbd >/dev/null || rm -rf "$db"
     if ! [ -d "$db/mysql" ]; then
         install -d -o mysql -g mysql "$db"
         mariadb-install-db --user=mysql --datadir="$db" --skip-test-db > "$STATE/log/mariadb-install.log" 2>&1 \

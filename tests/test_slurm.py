@@ -399,3 +399,26 @@ def test_submission_over_ssh_runs_the_same_job(studies: dict, tmp_path: Path, ss
     assert not refused.success
     assert "Host key verification failed" in failure_text(refused) or "REMOTE HOST IDENTIFICATION" in failure_text(refused)
     assert {j["job_id"] for j in jobs()} == before
+
+
+# ---- 6. with accounting (slurmdbd + MariaDB): status from sacct, accounts enforced --------------
+# Last in the module: it restarts the cluster in accounting mode (a fresh cluster).
+
+
+def test_with_accounting_status_comes_from_sacct_and_an_unknown_account_is_refused(studies: dict, tmp_path: Path) -> None:
+    cluster("--accounting")
+    with dg.instance_for_test() as instance:
+        ok = materialize(studies["slurm"], ["baselines"], slurm(tmp_path, account="interp"), instance,
+                         partition_key="ioi")
+        assert ok.success, failure_text(ok)
+        md = ok.asset_materializations_for_node("baselines")[0].metadata
+        refused = materialize(studies["slurm"], ["baselines"], slurm(tmp_path, account="nosuchaccount"), instance,
+                              partition_key="ioi")
+    assert md["slurm/status_source"].value == "sacct"
+    assert md["slurm/state"].value == "COMPLETED"
+    assert re.fullmatch(r"\d+(\.\d+)?[KMG]?", str(md["slurm/max_rss"].value)), md["slurm/max_rss"].value
+    sacct = subprocess.run(["sacct", "-X", "-P", "-n", "-j", str(md["slurm/job_id"].value), "-o", "JobName,State,Account"],
+                           capture_output=True, text=True, timeout=60)
+    assert sacct.returncode == 0 and sacct.stdout.split("\n")[0] == "ia-baselines|COMPLETED|interp", sacct
+    assert not refused.success
+    assert "Invalid account or account/partition combination specified" in failure_text(refused)
