@@ -697,7 +697,8 @@ def _experiments_fingerprint(ctx: TaskContext, behaviour: str, layers: list[int]
         "hook_point": config.activations.hook_point,
         "prompts": hashlib.sha256(store.read_bytes(prompts_relpath(behaviour))).hexdigest(),
         "nodes": hashlib.sha256(store.read_bytes(f"{attribution_relpath(config, behaviour)}/nodes.parquet")).hexdigest(),
-        "saes": {layer: hashlib.sha256(store.read_bytes(f"{saes_relpath(config, layer)}/sae_weights.safetensors")).hexdigest()
+        # training.json records each SAE's weights sha256: no re-reading GBs of weights per layer.
+        "saes": {layer: store.read_json(f"{saes_relpath(config, layer)}/training.json")["summary"]["weights_sha256"]
                  for layer in layers},
         "model": config.model.model_dump(mode="json"),
         "batch_size": config.baselines.batch_size,

@@ -328,8 +328,10 @@ def test_slurms_error_text_surfaces_verbatim(studies: dict, tmp_path: Path) -> N
 def sshd(tmp_path: Path):  # noqa: ANN201
     """A real OpenSSH server on loopback, with a host key and a client key made here."""
     if not Path("/usr/sbin/sshd").exists():
-        done = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "openssh-server"],
-                              capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        # A fresh machine has no package lists yet: update first, as scripts/slurm-local.sh does.
+        done = subprocess.run(["bash", "-c", "apt-get update -qq && apt-get install -y -qq --no-install-recommends "
+                               "openssh-server"], capture_output=True, text=True,
+                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         if done.returncode != 0:
             pytest.skip(f"openssh-server could not be installed: {done.stderr.strip()[-400:]}")
     keys = tmp_path / "ssh"
