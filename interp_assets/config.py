@@ -250,9 +250,28 @@ class AutomationSection(_Section):
     """How often the sensor looks for stale or missing partitions."""
 
 
+ARTIFACT_FOLDERS = ("models", "prompts", "baselines", "activations", "saes", "attribution", "interventions",
+                    "checkpoints")
+"""The top-level folders of the storage layout (see worker.py): what a storage tier can hold."""
+
+
 class StorageSection(_Section):
     root: str = "../dagster_home/storage"
     """Where artifacts live: a local folder (relative to the config file) or an fsspec URL."""
+    tiers: dict[str, str] = {}
+    """Other roots for some top-level folders, as the lab keeps them: e.g. ``activations`` and
+    ``checkpoints`` on the hot scratch filesystem, everything else on the versioned bucket."""
+
+    @field_validator("tiers")
+    @classmethod
+    def _known_folders(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(ARTIFACT_FOLDERS))
+        if unknown:
+            raise ValueError(f"unknown artifact folder(s) {unknown}; a tier holds one of {list(ARTIFACT_FOLDERS)}")
+        empty = sorted(folder for folder, root in value.items() if not root.strip())
+        if empty:
+            raise ValueError(f"empty root for {empty}: give a folder or an fsspec URL, or drop the entry")
+        return value
 
 
 _PARTITION_SELECTING_FIELDS: dict[str, set[str]] = {"activations": {"layers"}}
@@ -335,7 +354,10 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error, source)) from None
     if base_dir is not None:
-        storage = config.storage.model_copy(update={"root": _resolve_relative(config.storage.root, base_dir)})
+        storage = config.storage.model_copy(update={
+            "root": _resolve_relative(config.storage.root, base_dir),
+            "tiers": {folder: _resolve_relative(root, base_dir) for folder, root in config.storage.tiers.items()},
+        })
         model = config.model
         if model.path is not None:
             model = model.model_copy(update={"path": _resolve_relative(model.path, base_dir)})

@@ -14,6 +14,7 @@ Artifact layout under the storage root (paths built only here and in ``assets/``
   activations/<hook>/layer_<L>/          Phase 2: <source>-<i>.safetensors shards + manifest.json
   saes/<hook>/layer_<L>/                 Phase 3: cfg.json + sae_weights.safetensors (SAELens) +
                                          training.json + training_curve.png
+  checkpoints/activations/<hook>/capture-<layers>.json  Phase 2: capture progress (deleted when done)
   checkpoints/saes/<hook>/layer_<L>/     Phase 3: the latest training checkpoint (deleted when done)
   attribution/<hook>/<behaviour>/        Phase 4: nodes.parquet, edges.parquet, graph.json (circuit-
                                          tracer / Neuronpedia schema), graph.png, summary.json
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from interp_assets.config import PROJECT_ROOT, ExperimentConfig, parse_config
-from resources.storage import ArtifactStore, sha256_file
+from resources.storage import ArtifactStore, open_store, sha256_file
 
 # ---------------------------------------------------------------------------------------------
 # Artifact paths
@@ -65,6 +66,12 @@ def baselines_relpath(behaviour: str) -> str:
 
 def activations_relpath(config: ExperimentConfig, layer: int) -> str:
     return f"activations/{config.activations.hook_point}/layer_{layer:03d}"
+
+
+def capture_checkpoint_relpath(config: ExperimentConfig, layers: list[int]) -> str:
+    # One per layer set: a range run and a single-layer run never resume each other's capture.
+    key = hashlib.sha256(json.dumps(sorted(layers)).encode()).hexdigest()[:12]
+    return f"checkpoints/activations/{config.activations.hook_point}/capture-{key}.json"
 
 
 def saes_relpath(config: ExperimentConfig, layer: int) -> str:
@@ -322,7 +329,7 @@ def task_activations(ctx: TaskContext) -> TaskResult:
     import safetensors.torch
     import torch
 
-    from interp_assets.core.capture import CaptureSource, capture_activations
+    from interp_assets.core.capture import CaptureProgress, CaptureSource, capture_activations
     from interp_assets.core.hooks import hook_width, transformer_lens_name
     from interp_assets.core.modeling import DTYPES
 
@@ -346,6 +353,29 @@ def task_activations(ctx: TaskContext) -> TaskResult:
     # Shards sized in vectors; a manifest written last makes a layer's shards valid as a set.
     for layer in layers:
         ctx.store.delete(f"{activations_relpath(config, layer)}/manifest.json")
+    checkpoint = capture_checkpoint_relpath(config, layers)
+    fingerprint = hashlib.sha256(json.dumps({
+        "config": config.section_hash("model", "activations"),  # the model section names its weights
+        "layers": layers,
+        "prompts": [hashlib.sha256(ctx.store.read_bytes(prompts_relpath(b))).hexdigest() for b in config.prompts.behaviours],
+    }, sort_keys=True).encode()).hexdigest()
+    resume_from = None
+    if ctx.store.exists(checkpoint):
+        saved = ctx.store.read_json(checkpoint)
+        progress = CaptureProgress.from_json(saved["progress"])
+        shards_present = all(  # one listing per layer, not one request per shard
+            {record["file"] for records in by_source.values() for record in records}
+            <= set(ctx.store.list(activations_relpath(config, layer)))
+            for layer, by_source in progress.shards.items()
+        )
+        if saved.get("fingerprint") == fingerprint and shards_present:
+            resume_from = progress
+        else:
+            ctx.log("capture: discarding a checkpoint from another config, model or prompt set")
+
+    def save_progress(progress: CaptureProgress) -> None:
+        # Written after the shards it lists, so it never names a shard that is not on disk.
+        ctx.store.write_json(checkpoint, {"fingerprint": fingerprint, "progress": progress.to_json()})
 
     def write_shard(layer: int, source: str, index: int, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         name = f"{source}-{index:05d}.safetensors"
@@ -363,6 +393,8 @@ def task_activations(ctx: TaskContext) -> TaskResult:
         shard_max_vectors=section.shard_max_vectors,
         write_shard=write_shard,
         log=ctx.log,
+        resume_from=resume_from,
+        on_progress=save_progress,
     )
     versions, partitions = {}, {}
     for layer in layers:
@@ -396,6 +428,7 @@ def task_activations(ctx: TaskContext) -> TaskResult:
             "hook_name": manifest["hook_name"],
             "manifest_sha256": versions[str(layer)],
         }
+    ctx.store.delete(checkpoint)  # only once every manifest is published
     return TaskResult(
         metadata={
             "layers": {"raw_value": layers, "type": "json"},
@@ -870,7 +903,7 @@ def _run_under_pipes(task: str) -> None:
         config = parse_config(extras["config"], source=extras.get("config_source", "<pipes extras>"))
         ctx = TaskContext(
             config=config,
-            store=ArtifactStore(config.storage.root),
+            store=open_store(config.storage),
             partition_keys=list(extras.get("partition_keys") or []),
             log=pipes.log.info,
         )
@@ -889,7 +922,7 @@ def _run_direct(task: str, config_path: str, partition_keys: list[str]) -> None:
     config = load_config(config_path)
     ctx = TaskContext(
         config=config,
-        store=ArtifactStore(config.storage.root),
+        store=open_store(config.storage),
         partition_keys=partition_keys,
         log=lambda message: print(message, file=sys.stderr, flush=True),
     )

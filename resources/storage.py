@@ -8,6 +8,7 @@ one. Multi-file artifacts (activation shards) are made valid by writing their ma
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -34,6 +35,16 @@ def sha256_file(path: str | Path, chunk_bytes: int = 8 << 20) -> str:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _copy_errors(error: shutil.Error) -> list[OSError]:
+    """The OSErrors inside a shutil.Error (copytree reports (src, dst, message) triples)."""
+    found = []
+    for item in error.args[0] if error.args and isinstance(error.args[0], list) else []:
+        message = str(item[2]) if isinstance(item, tuple) and len(item) == 3 else ""
+        if "No space left on device" in message:
+            found.append(OSError(errno.ENOSPC, message))
+    return found
 
 
 class ArtifactStore:
@@ -74,11 +85,20 @@ class ArtifactStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as error:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            self._explain_full_disk(error, relpath)
             raise
         return sha256_bytes(data)
+
+    def _explain_full_disk(self, error: BaseException, relpath: str) -> None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, (
+                f"no space left on the storage root {self.root_url} while writing {relpath}: nothing was "
+                "published and the previous version is kept. Free space there, or give this folder a "
+                "larger root in storage.tiers, then rematerialize"
+            )) from error
 
     def read_bytes(self, relpath: str) -> bytes:
         return self.fs.cat_file(self._path(relpath))
@@ -127,8 +147,15 @@ class ArtifactStore:
             parent = Path(path).parent
             parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=Path(path).name + _TMP_MARK, dir=parent))
-            shutil.copytree(local_dir, staging, dirs_exist_ok=True)
-            (staging / "_COMPLETE").write_text("")
+            try:
+                shutil.copytree(local_dir, staging, dirs_exist_ok=True)
+                (staging / "_COMPLETE").write_text("")
+            except BaseException as error:
+                shutil.rmtree(staging, ignore_errors=True)
+                if isinstance(error, shutil.Error):  # copytree gathers per-file errors
+                    error = next((e for e in _copy_errors(error) if e.errno == errno.ENOSPC), error)
+                self._explain_full_disk(error, relpath)
+                raise
             old = None
             if Path(path).exists():
                 old = parent / f"{Path(path).name}{_TMP_MARK}old-{uuid.uuid4().hex}"
@@ -186,3 +213,43 @@ class ArtifactStore:
             shutil.rmtree(cache, ignore_errors=True)
             os.replace(staging, cache)
         return cache
+
+
+
+class TieredArtifactStore(ArtifactStore):
+    """Artifacts under several roots, chosen by an artifact's top-level folder (``activations/...``
+    on the hot scratch filesystem, the rest on the versioned bucket). Each tier writes as its own
+    root does, so atomicity and content hashes are the same on every tier."""
+
+    def __init__(self, root: str, tiers: dict[str, str]) -> None:
+        super().__init__(root)
+        self._default = ArtifactStore(root)
+        self.tiers = {folder: ArtifactStore(tier_root) for folder, tier_root in tiers.items()}
+
+    def tier(self, relpath: str) -> ArtifactStore:
+        """The store that holds ``relpath``: its top folder's tier, else the default root."""
+        return self.tiers.get(relpath.split("/", 1)[0], self._default)
+
+
+ROUTED_METHODS = ("url", "exists", "write_bytes", "read_bytes", "write_json", "read_json", "write_parquet",
+                  "read_parquet", "delete", "list", "put_dir", "is_complete_dir", "local_file", "local_dir")
+"""Every public ArtifactStore method that takes a relpath (a test keeps this list complete)."""
+
+
+def _routed(name: str):  # noqa: ANN202
+    def method(self: TieredArtifactStore, relpath: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.tier(relpath), name)(relpath, *args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = getattr(ArtifactStore, name).__doc__
+    return method
+
+
+for _name in ROUTED_METHODS:
+    setattr(TieredArtifactStore, _name, _routed(_name))
+
+
+def open_store(storage: Any) -> ArtifactStore:
+    """The store for a config's ``storage`` section (``root`` + optional ``tiers``)."""
+    tiers = dict(getattr(storage, "tiers", {}) or {})
+    return TieredArtifactStore(storage.root, tiers) if tiers else ArtifactStore(storage.root)

@@ -112,3 +112,41 @@ def test_peak_buffer_is_one_shard_not_the_dataset(briefly_trained, monkeypatch: 
     total = sum(r["n_vectors"] for r in records[0]["corpus"])
     assert total > 10 * 32
     assert peak[0] < 32 + 8 * 12  # one shard + one batch (8 texts x 12 tokens)
+
+
+def test_a_capture_resumed_from_any_checkpoint_writes_the_same_shards(briefly_trained) -> None:  # noqa: ANN001
+    """Resuming from a progress point (mid-batch, end of batch, end of a source) re-reads only
+    from there and ends with exactly the shards of an uninterrupted capture."""
+    import random
+
+    from interp_assets.core.capture import CaptureProgress
+
+    model, tokenizer = briefly_trained
+    sources = [CaptureSource("corpus", generate_corpus(40, seed=4), max_tokens=9),
+               CaptureSource("prompts", [p.clean for p in generate_prompts("ioi", 20, seed=6)], last_n_tokens=5)]
+    layers = [0, 2]
+
+    def run(resume_from: CaptureProgress | None = None):  # noqa: ANN202
+        shards: dict[tuple[int, str, int], bytes] = {}
+        points: list[CaptureProgress] = []
+
+        def write_shard(layer: int, source: str, index: int, tensors: dict[str, torch.Tensor]) -> dict:
+            shards[(layer, source, index)] = safetensors.torch.save(tensors)
+            return {"index": index, "n_vectors": int(tensors["activations"].shape[0])}
+
+        calls = _count_forward_calls(model)
+        records = capture_activations(model, tokenizer, layers, "mlp_post", sources, batch_size=8,
+                                      dtype=torch.float32, shard_max_vectors=28, write_shard=write_shard,
+                                      resume_from=resume_from, on_progress=points.append)
+        return records, shards, points, calls[0]
+
+    reference, reference_shards, points, full_passes = run()
+    assert any(p.rows_written > 0 for p in points) and points[-1].source == len(sources)
+    for point in [points[0], *random.Random(0).sample(points[1:-1], 4), points[-1]]:
+        records, shards, _, passes = run(CaptureProgress.from_json(point.to_json()))
+        assert records == reference
+        written_before = {(layer, name, r["index"]) for layer, by_source in point.shards.items()
+                          for name, recs in by_source.items() for r in recs}
+        assert set(shards) == set(reference_shards) - written_before  # nothing written twice
+        assert all(shards[key] == reference_shards[key] for key in shards)  # byte for byte
+        assert passes < full_passes or point is points[0]

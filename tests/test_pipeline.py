@@ -63,14 +63,15 @@ def _range(config: ExperimentConfig, first: str | None = None, last: str | None 
     }
 
 
-def _direct_worker(task: str, partition: str):  # noqa: ANN202
+def _direct_worker(task: str, *partitions: str):  # noqa: ANN202
     """(command prefix, env, run_to_end) for running one worker task outside Dagster, the way the
     kill -9 tests do: one torch thread, so reruns repeat the same floating-point order."""
     import os
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "interp_assets.worker", task, "--partition", partition, "--config"]
+    command = [sys.executable, "-m", "interp_assets.worker", task,
+               *(arg for key in partitions for arg in ("--partition", key)), "--config"]
     env = {**os.environ, "INTERP_ASSETS_TORCH_THREADS": "1"}
 
     def run_to_end(config_path: Path) -> tuple[dict, str]:
@@ -381,6 +382,61 @@ def test_a_killed_training_resumes_to_bit_identical_weights(study: Study, tmp_pa
     weights = {name: result["partitions"][layer]["weights_sha256"] for name, result in
                (("uninterrupted", reference), ("resumed", resumed))}
     assert weights["uninterrupted"] == weights["resumed"], f"resumed at step {step}: weights differ"
+
+
+def test_a_killed_capture_resumes_and_publishes_the_same_shards(study: Study, tmp_path: Path) -> None:
+    """kill -9 the worker at a random point of activation capture: no layer is readable until the
+    rerun, which resumes from the last checkpoint and publishes byte-identical manifests whose
+    shards all match their recorded sha256."""
+    import random
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from interp_assets.worker import capture_checkpoint_relpath
+
+    layers = ["1", "3"]
+    updates = {"activations": {"shard_max_vectors": 2048, "batch_size": 32}}
+    runs = {}
+    for name in ("uninterrupted", "killed"):
+        root = tmp_path / name
+        for folder in ("models", "prompts"):
+            shutil.copytree(study.store.url(folder), root / "storage" / folder)
+        runs[name] = write_config(root, updates)
+    command, env, run_to_end = _direct_worker("activations", *layers)
+    reference, _ = run_to_end(runs["uninterrupted"])
+
+    config = load_config(runs["killed"])
+    store = ArtifactStore(config.storage.root)
+    checkpoint = Path(store.url(capture_checkpoint_relpath(config, [int(key) for key in layers])))
+    kill_after = random.Random().randint(2, 30)  # batches into the corpus; a different point each run
+    victim = subprocess.Popen([*command, str(runs["killed"])], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while victim.poll() is None and time.monotonic() < deadline:
+        if checkpoint.exists() and json.loads(checkpoint.read_text())["progress"]["batch"] >= kill_after:
+            break
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the capture ended before it could be killed"
+    for key in layers:  # a killed capture leaves no layer that reads as valid
+        assert not store.exists(f"{activations_relpath(config, int(key))}/manifest.json")
+
+    resumed, log = run_to_end(runs["killed"])
+    resumed_at = int(log.split("capture: resuming at batch ")[1].split("/")[0])
+    assert resumed_at >= kill_after, log[-2000:]
+    assert resumed["data_version"] == reference["data_version"]
+    assert not checkpoint.exists()
+    for key in layers:
+        relpath = activations_relpath(config, int(key))
+        reference_manifest = (Path(load_config(runs["uninterrupted"]).storage.root) / relpath / "manifest.json").read_bytes()
+        assert store.read_bytes(f"{relpath}/manifest.json") == reference_manifest
+        manifest = json.loads(reference_manifest)
+        for records in manifest["sources"].values():
+            for shard in records["shards"]:
+                assert sha256_file(store.url(f"{relpath}/{shard['file']}")) == shard["sha256"]
+        assert set(store.list(relpath)) == {s["file"] for r in manifest["sources"].values() for s in r["shards"]} | {"manifest.json"}
 
 
 def test_prompts_table_is_a_polars_frame_of_strings(study: Study) -> None:

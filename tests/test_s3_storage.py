@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from helpers import write_config
 from interp_assets.config import load_config
 from interp_assets.definitions import build_definitions
 from interp_assets.worker import tiny_model_relpath
-from resources.storage import ArtifactStore
+from resources.storage import ArtifactStore, open_store
 
 BUCKET = "lab-versioned"
+SECRET = f"moto-secret-{uuid.uuid4().hex}"
+"""The secret key workers get from the environment: it must never reach a log, metadata or artifact."""
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def s3_endpoint() -> Iterator[str]:
     endpoint = f"http://127.0.0.1:{port}"
     # Credentials come from the environment only (as on the cluster); workers inherit them.
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1",
                       AWS_ENDPOINT_URL=endpoint)
     import boto3
 
@@ -85,18 +88,27 @@ def test_writes_are_whole_objects_and_republishing_keeps_the_previous_version(s3
 
 def test_the_pipeline_on_s3_gives_the_local_backends_data_versions(s3_endpoint: str, tmp_path: Path,
                                                                    tiny_model_storage: Path) -> None:
-    """prompts → baselines → activations → saes with workers writing to S3; the content-hash data
-    versions equal those of the same materializations on a local root."""
+    """prompts → baselines → activations → saes with workers writing to S3, and again with the lab's
+    tiers (activations and checkpoints on a hot local filesystem, the rest on the bucket): the
+    content-hash data versions equal those of the same materializations on a local root, and the
+    S3 secret key never appears in a run's logs or metadata."""
+    from dagster._serdes import serialize_value
+
     updates = {"sae": {"steps": 40, "checkpoint_every": 20, "log_every": 20, "lr_warmup_steps": 5,
                        "lr_decay_steps": 10, "l1_warmup_steps": 5, "ce_eval_texts": 8, "min_explained_variance": 0.0}}
-    roots = {"local": str(tmp_path / "local" / "storage"), "s3": f"s3://{BUCKET}/study"}
+    hot = tmp_path / "scratch"
+    storages = {
+        "local": {"root": str(tmp_path / "local" / "storage")},
+        "s3": {"root": f"s3://{BUCKET}/study"},
+        "tiered": {"root": f"s3://{BUCKET}/tiered", "tiers": {"activations": str(hot), "checkpoints": str(hot)}},
+    }
     versions: dict[str, dict[str, str]] = {}
-    for backend, root in roots.items():
+    for backend, storage in storages.items():
         directory = tmp_path / backend
         directory.mkdir()
-        config_path = write_config(directory, {**updates, "storage": {"root": root}})
+        config_path = write_config(directory, {**updates, "storage": storage})
         config = load_config(config_path)
-        store = ArtifactStore(root)
+        store = open_store(config.storage)
         model = tiny_model_relpath(config)
         store.put_dir(model, tiny_model_storage / model)  # the same built model in both roots
         defs = build_definitions(config_path)
@@ -119,11 +131,20 @@ def test_the_pipeline_on_s3_gives_the_local_backends_data_versions(s3_endpoint: 
                 for record in instance.fetch_materializations(
                     dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1).records
             }
+            # Every event of every run (worker logs, metadata, materializations) as stored.
+            everything_recorded = "".join(serialize_value(entry) for run in instance.get_runs()
+                                          for entry in instance.all_logs(run.run_id))
+            assert "moto-secret" not in everything_recorded and "saes/mlp_post/layer_001" in everything_recorded
         if backend == "s3":
             assert store.is_complete_dir("saes/mlp_post/layer_001") and store.is_complete_dir("saes/mlp_post/layer_002")
             manifest = store.read_json("activations/mlp_post/layer_001/manifest.json")
             for shard in manifest["sources"]["corpus"]["shards"]:
                 assert store.exists(f"activations/mlp_post/layer_001/{shard['file']}")
             assert not [name for name in store.list("prompts") if ".tmp-" in name]
-    assert versions["s3"] == versions["local"]
+        if backend == "tiered":  # the shards live on the hot tier only; the SAEs on the bucket
+            assert (hot / "activations" / "mlp_post" / "layer_001" / "manifest.json").is_file()
+            assert not ArtifactStore(storage["root"]).exists("activations")
+            assert ArtifactStore(storage["root"]).is_complete_dir("saes/mlp_post/layer_002")
+            assert not list(hot.glob("checkpoints/saes/*/*/checkpoint.pt"))  # deleted once published
+    assert versions["s3"] == versions["local"] == versions["tiered"]
     assert len(versions["s3"]) == 4

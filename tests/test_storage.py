@@ -68,3 +68,68 @@ def test_fsspec_url_roots_work(tmp_path: Path) -> None:
     store.write_json("m.json", {"b": 1, "a": [1, 2]})
     assert store.read_json("m.json") == {"a": [1, 2], "b": 1}
     assert (tmp_path / "root" / "m.json").exists()
+
+
+def test_tiers_route_each_top_folder_to_its_own_root(tmp_path: Path) -> None:
+    import inspect
+
+    from resources.storage import ROUTED_METHODS, TieredArtifactStore
+
+    store = TieredArtifactStore(str(tmp_path / "bucket"), {"activations": str(tmp_path / "scratch")})
+    assert store.write_bytes("activations/l1/shard.bin", b"x") == store.write_bytes("saes/l1/w.bin", b"x")
+    assert (tmp_path / "scratch" / "activations" / "l1" / "shard.bin").read_bytes() == b"x"
+    assert (tmp_path / "bucket" / "saes" / "l1" / "w.bin").read_bytes() == b"x"
+    assert not (tmp_path / "bucket" / "activations").exists()
+    assert store.url("activations/l1") == f"{tmp_path}/scratch/activations/l1"
+    assert store.list("activations/l1") == ["shard.bin"] and store.exists("saes/l1/w.bin")
+    with pytest.raises(ValueError, match="stay under the storage root"):
+        store.write_bytes("activations/../../escape", b"x")
+    # Every public method that takes a relpath is routed (a new one must be added to the list).
+    takes_relpath = {name for name, fn in inspect.getmembers(ArtifactStore, inspect.isfunction)
+                     if not name.startswith("_") and list(inspect.signature(fn).parameters)[1:2] == ["relpath"]}
+    assert takes_relpath == set(ROUTED_METHODS)
+
+
+def test_unknown_tier_folders_are_a_config_error() -> None:
+    from helpers import tiny_config_dict
+
+    from interp_assets.config import ConfigError, parse_config
+
+    data = tiny_config_dict()
+    data["storage"] = {"root": "/data", "tiers": {"activation": "/scratch"}}
+    with pytest.raises(ConfigError, match=r"storage\.tiers.*unknown artifact folder.*'activation'"):
+        parse_config(data)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path):  # noqa: ANN201
+    """A 1 MiB tmpfs: a storage root that really fills up (needs root, as in CI)."""
+    import subprocess
+
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_filesystem_is_a_clear_error_and_keeps_every_previous_artifact(
+    small_filesystem: Path, tmp_path: Path
+) -> None:
+    store = ArtifactStore(str(small_filesystem))
+    store.write_bytes("prompts/ioi.parquet", b"old" * 1000)
+    with pytest.raises(OSError, match=r"no space left on the storage root .* while writing prompts/ioi\.parquet"):
+        store.write_bytes("prompts/ioi.parquet", b"n" * (2 << 20))
+    assert store.read_bytes("prompts/ioi.parquet") == b"old" * 1000
+    folder = tmp_path / "sae"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"w" * (2 << 20))
+    with pytest.raises(OSError, match="no space left on the storage root .* while writing saes/layer_001"):
+        store.put_dir("saes/layer_001", folder)
+    assert not store.exists("saes/layer_001") and store.list("saes") == []
+    leftovers = [p for p in small_filesystem.rglob("*") if ".tmp-" in p.name]
+    assert leftovers == []  # no temp file or staging folder is left to fill the disk

@@ -11,7 +11,7 @@ from interp_assets.core.behaviours import generate_prompts
 from interp_assets.assets._common import code_version, tag_run
 from interp_assets.partitions import behaviour_partitions
 from interp_assets.worker import behaviour_seed, prompts_relpath
-from resources.storage import ArtifactStore
+from resources.storage import open_store
 
 LOGIC_VERSION = "1"
 
@@ -61,7 +61,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         tag_run(context, config)
         behaviour = context.partition_key
         table = prompts_table(config, behaviour)
-        store = ArtifactStore(config.storage.root)
+        store = open_store(config.storage)
         sha = store.write_parquet(prompts_relpath(behaviour), table)
         return dg.MaterializeResult(
             metadata={

@@ -2,6 +2,9 @@
 
 Vectors stream into per-(layer, source) buffers that are flushed as fixed-size shards through a
 caller-supplied ``write_shard``; memory is O(layers × shard), independent of the dataset size.
+After every flush the capture reports a ``CaptureProgress`` (which batch, how many of its rows
+are already in written shards, and the shard records so far); a capture started from one
+re-reads only from there and writes exactly the shards an uninterrupted capture would.
 """
 
 from __future__ import annotations
@@ -33,6 +36,30 @@ ShardWriter = Callable[[int, str, int, dict[str, torch.Tensor]], dict[str, Any]]
 """write_shard(layer, source, shard_index, tensors) -> a manifest record for that shard."""
 
 
+@dataclass(frozen=True)
+class CaptureProgress:
+    """Where a capture stands after its last flush: every layer has written the same rows, because
+    every layer keeps the same positions of every batch."""
+
+    source: int
+    """Index of the source in progress (``len(sources)``: all done)."""
+    batch: int
+    """First batch of that source with rows not yet in a written shard."""
+    rows_written: int
+    """How many of that batch's kept rows are already in written shards."""
+    shards: dict[int, dict[str, list[dict[str, Any]]]]
+    """{layer: {source: shard records}} written so far."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "batch": self.batch, "rows_written": self.rows_written,
+                "shards": {str(layer): by_source for layer, by_source in self.shards.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CaptureProgress:
+        return cls(int(data["source"]), int(data["batch"]), int(data["rows_written"]),
+                   {int(layer): by_source for layer, by_source in data["shards"].items()})
+
+
 @dataclass
 class _Buffer:
     parts: list[dict[str, torch.Tensor]] = field(default_factory=list)
@@ -57,14 +84,27 @@ def capture_activations(
     write_shard: ShardWriter,
     log: Callable[[str], None] = lambda message: None,
     log_every_s: float = 10.0,
+    resume_from: CaptureProgress | None = None,
+    on_progress: Callable[[CaptureProgress], None] = lambda progress: None,
 ) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """Capture ``hook_point`` at ``layers`` for every source; returns {layer: {source: shard records}}.
 
     Each shard holds ``activations [n, width]`` (``dtype``), ``token_ids [n]``, ``text_index [n]``
     (row in the source's texts) and ``position [n]`` (token position in that text), in text order.
+    ``on_progress`` is called after every batch that wrote a shard and at the end of each source,
+    once the shards are written; pass its last value as ``resume_from`` to continue from there.
     """
     device = next(model.parameters()).device
-    buffers = {(layer, source.name): _Buffer() for layer in layers for source in sources}
+    start = resume_from or CaptureProgress(0, 0, 0, {})
+    buffers = {
+        (layer, source.name): _Buffer(shards=list(start.shards.get(layer, {}).get(source.name, [])))
+        for layer in layers
+        for source in sources
+    }
+
+    def progress(source: int, batch: int, rows_written: int) -> None:
+        shards = {layer: {s.name: list(buffers[(layer, s.name)].shards) for s in sources} for layer in layers}
+        on_progress(CaptureProgress(source, batch, rows_written, shards))
 
     def flush(layer: int, source: str, final: bool) -> None:
         buffer = buffers[(layer, source)]
@@ -80,26 +120,45 @@ def capture_activations(
     total_tokens, started, last_log = 0, time.perf_counter(), time.perf_counter()
     n_batches = sum(-(-len(source.texts) // batch_size) for source in sources)
     done_batches = 0
+    if resume_from is not None:
+        done_batches = sum(-(-len(source.texts) // batch_size) for source in sources[: start.source]) + start.batch
+        log(f"capture: resuming at batch {done_batches}/{n_batches} from the last checkpoint")
     with recording(model, layers, hook_point) as records:
-        for source in sources:
-            for batch in tokenize_batches(tokenizer, source.texts, batch_size, device, source.max_tokens):
+        for source_index, source in enumerate(sources):
+            if source_index < start.source:
+                continue
+            first_batch, skip_rows = (start.batch, start.rows_written) if source_index == start.source else (0, 0)
+            batches = tokenize_batches(tokenizer, source.texts, batch_size, device, source.max_tokens)
+            for batch_index, batch in enumerate(batches):
+                if batch_index < first_batch:
+                    continue  # every row of this batch is in a written shard
                 model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
                 positions = torch.arange(batch.input_ids.shape[1], device=device)[None, :]  # [1, T]
                 keep = batch.attention_mask.bool()  # [B, T]
                 if source.last_n_tokens is not None:
                     keep &= positions >= (batch.lengths[:, None] - source.last_n_tokens)
                 text_index = torch.tensor(list(batch.rows), device=device)[:, None].expand_as(keep)
+                skip = skip_rows if batch_index == first_batch else 0  # rows already written before a resume
                 index = {
-                    "token_ids": batch.input_ids[keep].to(torch.int32).cpu(),
-                    "text_index": text_index[keep].to(torch.int32).cpu(),
-                    "position": positions.expand_as(keep)[keep].to(torch.int32).cpu(),
+                    "token_ids": batch.input_ids[keep].to(torch.int32).cpu()[skip:],
+                    "text_index": text_index[keep].to(torch.int32).cpu()[skip:],
+                    "position": positions.expand_as(keep)[keep].to(torch.int32).cpu()[skip:],
                 }
+                n_kept, shards_before = skip + index["token_ids"].shape[0], len(buffers[(layers[0], source.name)].shards)
                 for layer in layers:
-                    vectors = records[layer][keep].to(dtype).cpu()  # [n_kept, width]
+                    vectors = records[layer][keep].to(dtype).cpu()[skip:]  # [n_kept - skip, width]
                     buffer = buffers[(layer, source.name)]
                     buffer.parts.append({"activations": vectors, **index})
                     buffer.rows += vectors.shape[0]
                     flush(layer, source.name, final=False)
+                buffered = buffers[(layers[0], source.name)]
+                if len(buffered.shards) > shards_before:
+                    # What is still buffered is the tail of this batch: a resume redoes this batch
+                    # and drops the rows the written shards already hold.
+                    if buffered.rows:
+                        progress(source_index, batch_index, n_kept - buffered.rows)
+                    else:
+                        progress(source_index, batch_index + 1, 0)
                 total_tokens += int(batch.attention_mask.sum())
                 done_batches += 1
                 now = time.perf_counter()
@@ -111,4 +170,5 @@ def capture_activations(
                     )
             for layer in layers:
                 flush(layer, source.name, final=True)
+            progress(source_index + 1, 0, 0)
     return {layer: {source.name: buffers[(layer, source.name)].shards for source in sources} for layer in layers}
