@@ -9,6 +9,7 @@ runs the worker as a subprocess here; the SLURM backend submits the same command
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,24 @@ import dagster as dg
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORKER_MODULE = "interp_assets.worker"
+
+_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|AUTH",
+                          re.IGNORECASE)
+
+
+def secret_names_in(env: dict[str, str], field: str) -> str | None:
+    """Why ``env`` (a resource field) must not hold these variables, or None when it holds no secret.
+
+    Resource config is shown in the Dagster UI and, for SLURM, written into the sbatch script on
+    the shared filesystem; secrets therefore come only from the environment (a local worker and
+    a locally submitted job inherit it) or from files (``~/.aws/credentials``, ``HF_TOKEN_PATH``)."""
+    found = sorted(key for key in env if _SECRET_NAME.search(key))
+    if not found:
+        return None
+    return (f"{field}: {found} look like secrets, which are never taken from resource config (the UI shows it "
+            "and SLURM scripts store it). Export them in the environment that starts Dagster (workers and "
+            "locally submitted jobs inherit it) or in your login environment on the cluster, or keep them in "
+            "a credentials file, and remove them here")
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -44,6 +63,9 @@ class LocalCompute(ComputeResource):
     def run(
         self, context: dg.AssetExecutionContext, *, task: str, extras: dict[str, Any]
     ) -> dg.PipesClientCompletedInvocation:
+        problem = secret_names_in(self.env, "LocalCompute.env")
+        if problem:
+            raise ValueError(problem)  # names only: the values are never echoed
         env = {**self.env, "INTERP_ASSETS_COMPUTE_BACKEND": "local"}
         if self.torch_threads:
             env["INTERP_ASSETS_TORCH_THREADS"] = str(self.torch_threads)

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from resources.compute import PROJECT_ROOT, WORKER_MODULE, ComputeResource
+from resources.compute import PROJECT_ROOT, WORKER_MODULE, ComputeResource, secret_names_in
 
 # Values SLURM accepts and a shell cannot misread. Partitions/accounts/QOS: SLURM names.
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -220,6 +220,9 @@ class SlurmCompute(ComputeResource):
         _check_path(self.workdir, "workdir")
         _check_path(self.log_dir, "log_dir")
         _check("%" not in self.log_dir, "log_dir", self.log_dir, "a path without '%' (sbatch expands it)")
+        secrets = secret_names_in(self.env, "SlurmCompute.env")
+        if secrets:
+            raise SlurmConfigError(secrets)
         for key, value in self.env.items():
             _check(_ENV_KEY.match(key), "env", key, "environment variable names: letters, digits, _")
             _check(not _CONTROL.search(value), f"env.{key}", value, "a value without control characters")
