@@ -1,0 +1,156 @@
+"""Two real runs of the same partition at once, and what the tests read from them: which run held
+the pool slot, when each one's step ran, and the stored artifact against its data version.
+
+Overlap is forced, not hoped for: once the first run's step holds the pool slot, its worker
+process is paused (SIGSTOP) until the second run is seen waiting, then resumed (SIGCONT). Only
+processes descended from the test's own process tree are ever signalled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+POOL = "compute"
+BLOCKED = f"Step blocked by limit for pool {POOL}"
+
+
+def descendants(root_pid: int) -> list[int]:
+    """Every living process below ``root_pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root_pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def worker_pids(root_pid: int, task: str) -> list[int]:
+    """The interp_assets worker processes running ``task`` below ``root_pid``."""
+    pids = []
+    for pid in descendants(root_pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"interp_assets.worker" in argv and task.encode() in argv:
+            pids.append(pid)
+    return pids
+
+
+def slot_holders(instance: dg.DagsterInstance) -> set[str]:
+    """Run ids holding a slot of the pool now."""
+    return {slot.run_id for slot in instance.event_log_storage.get_concurrency_info(POOL).claimed_slots}
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 300, interval: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def run_log(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogEntry]:
+    return list(instance.all_logs(run_id))
+
+
+def was_blocked(instance: dg.DagsterInstance, run_id: str) -> bool:
+    return any(entry.user_message.startswith(BLOCKED) for entry in run_log(instance, run_id))
+
+
+def step_window(instance: dg.DagsterInstance, run_id: str, step_key: str) -> tuple[float, float]:
+    """(timestamp of STEP_START, timestamp of STEP_SUCCESS) of ``step_key`` in the run."""
+    start = end = None
+    for entry in run_log(instance, run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key != step_key:
+            continue
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            start = entry.timestamp
+        elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
+            end = entry.timestamp
+    assert start is not None and end is not None, f"step {step_key} of run {run_id} did not start and succeed"
+    return start, end
+
+
+@dataclass
+class Paused:
+    """The worker paused while the first run holds the slot (None when it had ended already)."""
+
+    holder: str
+    worker_pid: int | None
+
+
+def pause_slot_holder(instance: dg.DagsterInstance, root_pid: int, run_ids: set[str], task: str) -> Paused:
+    """Wait until one of ``run_ids`` holds the pool slot with its worker running, and SIGSTOP it."""
+
+    def holder_with_worker() -> tuple[str, int] | None:
+        holders = slot_holders(instance) & run_ids
+        pids = worker_pids(root_pid, task)
+        return (holders.pop(), pids[0]) if holders and pids else None
+
+    holder, pid = wait_for(holder_with_worker, f"a run of {sorted(run_ids)} to hold pool {POOL} with its worker")
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return Paused(holder, None)
+    return Paused(holder, pid)
+
+
+def resume(paused: Paused) -> None:
+    if paused.worker_pid is not None:
+        try:
+            os.kill(paused.worker_pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def assert_artifact_matches_latest_data_version(
+    instance: dg.DagsterInstance, storage_root: Path, asset: str, partition: str, relpath: str, run_ids: set[str],
+) -> str:
+    """Every run in ``run_ids`` materialized the partition; the stored file is complete (parquet
+    reads back whole), no temporary file is left beside it, and its sha256 is the data version
+    that the latest materialization (and each of these runs) recorded."""
+    import io
+
+    import polars as pl
+
+    from resources.storage import ArtifactStore
+
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=100,
+    ).records
+    by_run = {record.run_id: record.asset_materialization for record in records}
+    assert run_ids <= set(by_run), f"runs {run_ids - set(by_run)} recorded no materialization of {asset} [{partition}]"
+    latest = records[0].asset_materialization
+    assert latest is not None
+    data = ArtifactStore(str(storage_root)).read_bytes(relpath)
+    digest = hashlib.sha256(data).hexdigest()
+    assert latest.tags["dagster/data_version"] == digest
+    # The same inputs give the same bytes: both runs recorded this version.
+    assert {by_run[run_id].tags["dagster/data_version"] for run_id in run_ids} == {digest}
+    assert pl.read_parquet(io.BytesIO(data)).height > 0
+    path = storage_root / relpath
+    leftovers = [p.name for p in path.parent.iterdir() if p.name != path.name and p.name.startswith(f"{path.name}.tmp-")]
+    assert not leftovers, f"temporary files left beside {path}: {leftovers}"
+    return digest
