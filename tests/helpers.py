@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +43,29 @@ def seed_tiny_model(storage_root: str | Path, built_storage: Path) -> None:
     import shutil
 
     shutil.copytree(built_storage / "models", Path(storage_root) / "models", dirs_exist_ok=True)
+
+
+@contextlib.contextmanager
+def small_filesystem(mount_point: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. ``1m``) at ``mount_point``: a storage root that really fills up.
+    Skips the test when tmpfs cannot be mounted (it needs root, as CI has)."""
+    import subprocess
+
+    import pytest
+
+    mount_point.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def grow_filesystem(mount_point: Path, size: str) -> None:
+    """Give a tmpfs from ``small_filesystem`` more room, as an operator freeing space would."""
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mount_point)], check=True)

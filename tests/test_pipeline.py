@@ -439,6 +439,58 @@ def test_a_killed_capture_resumes_and_publishes_the_same_shards(study: Study, tm
         assert set(store.list(relpath)) == {s["file"] for r in manifest["sources"].values() for s in r["shards"]} | {"manifest.json"}
 
 
+def test_a_full_activation_tier_fails_clearly_and_resumes_once_there_is_room(study: Study, tmp_path: Path) -> None:
+    """The hot tier (activations + checkpoints) on a small tmpfs fills up mid-capture: the run
+    fails naming the full root, no layer reads as valid, the bucket tier is untouched; with more
+    room the rerun resumes from the checkpoint and publishes the same manifests as a roomy run."""
+    import shutil
+
+    from helpers import grow_filesystem, small_filesystem
+
+    # 36 MiB: room for two rounds of 8.6 MB shards (layers 1 and 2), so a checkpoint exists when it fills.
+    with small_filesystem(tmp_path / "scratch", "36m") as scratch:
+        root = tmp_path / "bucket"
+        for folder in ("models", "prompts"):
+            shutil.copytree(study.store.url(folder), root / folder)
+        config_path = write_config(tmp_path, {"storage": {"root": str(root), "tiers": {
+            "activations": str(scratch), "checkpoints": str(scratch)}}})
+        config = load_config(config_path)
+        defs, store = build_definitions(config_path), ArtifactStore(str(root))
+        before = {p.relative_to(root): sha256_file(p) for p in root.rglob("*") if p.is_file()}
+        layers = ["1", "2"]
+        with dg.instance_for_test() as instance:
+            def materialize() -> dg.ExecuteInProcessResult:
+                return dg.materialize(list(defs.assets), selection=["activations"], instance=instance,
+                                      resources=dict(defs.resources), raise_on_error=False,
+                                      tags=_range(config, layers[0], layers[-1]))
+
+            failed = materialize()
+            assert not failed.success
+            # The worker's exception, as the UI shows it on the run's event log.
+            errors = [entry.dagster_event.engine_event_data.error.message for entry in instance.all_logs(failed.run_id)
+                      if entry.dagster_event and entry.dagster_event.is_engine_event
+                      and entry.dagster_event.engine_event_data.error]
+            assert any(f"no space left on the storage root {scratch}" in error for error in errors), errors
+            for key in layers:
+                assert not (scratch / activations_relpath(config, int(key)) / "manifest.json").exists()
+            assert not list(scratch.rglob("*.tmp-*"))
+            assert {p.relative_to(root): sha256_file(p) for p in root.rglob("*") if p.is_file()} == before
+
+            grow_filesystem(scratch, "200m")
+            resumed = materialize()
+            assert resumed.success
+            assert "capture: resuming at batch " in _run_log(instance, resumed.run_id)
+            for key in layers:
+                relpath = activations_relpath(config, int(key))
+                manifest = (scratch / relpath / "manifest.json").read_bytes()
+                assert manifest == study.store.read_bytes(f"{relpath}/manifest.json")  # as the roomy study's
+                recorded = instance.fetch_materializations(dg.AssetRecordsFilter(
+                    asset_key=dg.AssetKey("activations"), asset_partitions=[key]), limit=1).records[0]
+                assert recorded.asset_materialization.metadata["manifest_sha256"].value == sha256_file(
+                    scratch / relpath / "manifest.json")
+            assert not list(scratch.glob("checkpoints/activations/*/*.json"))
+
+
 def test_prompts_table_is_a_polars_frame_of_strings(study: Study) -> None:
     table = study.store.read_parquet("prompts/capitals.parquet")
     assert isinstance(table, pl.DataFrame)

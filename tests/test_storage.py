@@ -102,24 +102,17 @@ def test_unknown_tier_folders_are_a_config_error() -> None:
 
 
 @pytest.fixture
-def small_filesystem(tmp_path: Path):  # noqa: ANN201
-    """A 1 MiB tmpfs: a storage root that really fills up (needs root, as in CI)."""
-    import subprocess
+def one_mebibyte(tmp_path: Path):  # noqa: ANN201
+    from helpers import small_filesystem
 
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    with small_filesystem(tmp_path / "small", "1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_filesystem_is_a_clear_error_and_keeps_every_previous_artifact(
-    small_filesystem: Path, tmp_path: Path
+    one_mebibyte: Path, tmp_path: Path
 ) -> None:
+    small_filesystem = one_mebibyte
     store = ArtifactStore(str(small_filesystem))
     store.write_bytes("prompts/ioi.parquet", b"old" * 1000)
     with pytest.raises(OSError, match=r"no space left on the storage root .* while writing prompts/ioi\.parquet"):
