@@ -79,7 +79,9 @@ class SparseAutoencoder(nn.Module):
         return self.spec.architecture
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc  # [B, d_sae]
+        # (x − b_dec) W_enc + b_enc, with b_dec folded into the bias: b_dec's gradient is then a
+        # vector-matrix product, not the [B, d_in] matmul that differentiating x − b_dec costs.
+        return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc)  # [B, d_sae]
 
     def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """TopK only: (values [B, k], indices [B, k]) of the active features."""
@@ -107,6 +109,37 @@ class SparseAutoencoder(nn.Module):
         feature_acts = self.encode(flat)
         x_hat = self.decode(feature_acts)
         return SaeOutput(x_hat.reshape(*leading, -1), feature_acts.reshape(*leading, -1))
+
+
+class _DecoderNormWeightedL1(torch.autograd.Function):
+    """mean_b Σ_i f_bi ‖W_dec,i‖ with a hand-written backward: ∂/∂f = ‖W_dec,i‖/B (broadcast, never
+    materialised here) and ∂/∂W_dec = (Σ_b f_bi / B) · W_dec,i / ‖W_dec,i‖, one pass over W_dec
+    instead of autograd's norm backward (several [d_sae, d_in] temporaries and a masked fill)."""
+
+    @staticmethod
+    def forward(ctx, feature_acts: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+        norms = W_dec.norm(dim=1)  # [d_sae]
+        mean_acts = feature_acts.sum(dim=0) / feature_acts.shape[0]  # [d_sae]
+        ctx.save_for_backward(W_dec, norms, mean_acts)
+        ctx.batch = feature_acts.shape[0]
+        ctx.acts_shape = feature_acts.shape
+        return mean_acts @ norms
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        W_dec, norms, mean_acts = ctx.saved_tensors
+        grad_acts = grad_W = None
+        if ctx.needs_input_grad[0]:
+            grad_acts = (grad * norms / ctx.batch).expand(ctx.acts_shape)
+        if ctx.needs_input_grad[1]:
+            scale = torch.where(norms > 0, grad * mean_acts / norms.clamp_min(1e-30), 0.0)
+            grad_W = W_dec * scale[:, None]
+        return grad_acts, grad_W
+
+
+def decoder_norm_weighted_l1(feature_acts: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """The ReLU SAE's sparsity penalty, mean over the batch of Σ_i f_i ‖W_dec,i‖ (a 0-d tensor)."""
+    return _DecoderNormWeightedL1.apply(feature_acts, W_dec)
 
 
 def saelens_config(spec: SaeSpec) -> dict[str, Any]:

@@ -31,12 +31,15 @@ from typing import Any
 
 import torch
 
-from interp_assets.core.sae import SaeSpec, SparseAutoencoder, explained_variance
+from interp_assets.core.sae import SaeSpec, SparseAutoencoder, decoder_norm_weighted_l1, explained_variance
 from interp_assets.core.sae_data import DataPosition, ShuffledBatches
 
 
 # Bump when the training maths changes: finished SAEs and checkpoints of older versions are redone.
-TRAINER_VERSION = 1
+# 2: b_dec folded into the encoder bias, a hand-written decoder-norm L1 backward, AuxK sized to the
+#    dead latents on CPU (same maths, different rounding: a version-1 checkpoint would not resume
+#    bit-identically).
+TRAINER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -118,19 +121,29 @@ def _losses(
         l0 = (values > 0).sum(dim=-1).float().mean()
         # AuxK: the dead latents' top pre-activations try to explain what the live ones missed.
         k_aux = min(x.shape[-1] // 2, sae.spec.d_sae)
-        aux_values, aux_indices = pre.masked_fill(~dead, -math.inf).topk(k_aux, dim=-1, sorted=False)
-        aux_values = torch.where(torch.isfinite(aux_values), torch.relu(aux_values), 0.0)
-        error_hat = torch.nn.functional.embedding_bag(aux_indices, sae.W_dec, per_sample_weights=aux_values, mode="sum")
-        total_var = (error - error.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
-        aux = (error_hat - error.detach()).pow(2).sum(dim=-1).mean() / total_var.detach()
-        aux = torch.where(dead.any(), aux, torch.zeros_like(aux))
+        if x.device.type == "cpu":
+            # A host read is free on CPU: select no more latents than are dead (the others come
+            # out -inf and weigh 0) and skip AuxK when none is. On a GPU the selection stays
+            # fixed-size, so that the step needs no host sync.
+            k_aux = min(k_aux, int(dead.sum()))
+        if k_aux:
+            aux_values, aux_indices = pre.masked_fill(~dead, -math.inf).topk(k_aux, dim=-1, sorted=False)
+            aux_values = torch.where(torch.isfinite(aux_values), torch.relu(aux_values), 0.0)
+            error_hat = torch.nn.functional.embedding_bag(
+                aux_indices, sae.W_dec, per_sample_weights=aux_values, mode="sum"
+            )
+            total_var = (error - error.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
+            aux = (error_hat - error.detach()).pow(2).sum(dim=-1).mean() / total_var.detach()
+            aux = torch.where(dead.any(), aux, torch.zeros_like(aux))
+        else:
+            aux = mse.new_zeros(())
         loss = mse + config.aux_k_coefficient * aux
         terms = {"losses/mse": mse, "losses/aux_k": aux, "metrics/l0": l0}
     else:
         feature_acts = sae.encode(x)  # [B, d_sae]
         x_hat = sae.decode(feature_acts)
         mse = (x - x_hat).pow(2).sum(dim=-1).mean()
-        sparsity = (feature_acts * sae.W_dec.norm(dim=1)).sum(dim=-1).mean()
+        sparsity = decoder_norm_weighted_l1(feature_acts, sae.W_dec)  # mean_b Σ_i f_bi ‖W_dec,i‖
         loss = mse + l1 * sparsity
         fired = (feature_acts > 0).any(dim=0)
         terms = {"losses/mse": mse, "losses/l1": sparsity, "metrics/l0": (feature_acts > 0).sum(-1).float().mean()}
