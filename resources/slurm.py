@@ -60,7 +60,8 @@ RESUBMITTABLE = {"TIMEOUT", "PREEMPTED"}
 _EXPLAIN = {
     "FAILED": "the worker exited with an error",
     "TIMEOUT": "the job ran past its --time limit",
-    "OUT_OF_MEMORY": "the job ran out of memory: raise `mem` (for this task: overrides.<task>.mem)",
+    "OUT_OF_MEMORY": "the job ran out of memory (its cgroup's limit, --mem={mem}): raise `mem` for this task "
+                     "(SlurmCompute.overrides.{task}.mem, e.g. {bigger}); it is not resubmitted, which would fail the same way",
     "NODE_FAIL": "the node it ran on failed",
     "PREEMPTED": "the job was preempted by a higher-priority job",
     "CANCELLED": "the job was cancelled (scancel, an administrator, or a failed dependency)",
@@ -186,6 +187,10 @@ class SlurmCompute(ComputeResource):
     """known_hosts with the login node's key (strict host key checking); empty: ~/.ssh/known_hosts."""
     command_timeout_seconds: float = 60.0
     """Longest wait for one sbatch/squeue/sacct/scancel call (a down controller blocks ~9 s)."""
+    controller_grace_seconds: float = 600.0
+    """How long the SLURM controller may stay unreachable (sbatch/squeue/sacct failing, e.g.
+    ``Unable to contact slurm controller`` while slurmctld restarts) before the step fails; polls
+    back off meanwhile. Running jobs are unaffected: slurmctld recovers them when it is back."""
 
     # ---- validation --------------------------------------------------------------------------
 
@@ -235,6 +240,8 @@ class SlurmCompute(ComputeResource):
         _check(0 <= self.max_resubmits <= 100, "max_resubmits", self.max_resubmits, "0 to 100")
         _check(0.05 <= self.poll_seconds <= self.max_poll_seconds, "poll_seconds", self.poll_seconds,
                "between 0.05 and max_poll_seconds")
+        _check(0 <= self.controller_grace_seconds <= 7 * 86400, "controller_grace_seconds", self.controller_grace_seconds,
+               "0 to 604800 seconds (how long an unreachable controller is waited for)")
         if self.ssh_host:
             _check(_HOST.match(self.ssh_host), "ssh_host", self.ssh_host, "a host name or address, e.g. login1.cd3.example.org")
             if self.ssh_user:
@@ -410,6 +417,7 @@ class _Follower:
         self.offsets: dict[Path, int] = {}
         self.submissions: list[str] = []
         self.first_submitted = time.time()
+        self.unreachable_since: float | None = None  # monotonic time of the first failed status call in a row
 
     # ---- submit / cancel
 
@@ -417,6 +425,19 @@ class _Follower:
         array = _compress([t.index for t in tasks if t.index is not None]) if self.as_array else None
         args = self.compute.sbatch_args(self.task, self.job, self.run_dir, array)
         done = self.compute.cluster_command(args, stdin=self.script)
+        waited, pause = time.monotonic(), self.compute.poll_seconds
+        # "connect failure": sbatch never reached slurmctld, so nothing was submitted and a retry
+        # cannot submit twice. (A timeout after connecting could have, and is not retried.)
+        while done.returncode != 0 and _UNREACHABLE in done.stderr:
+            if time.monotonic() - waited > self.compute.controller_grace_seconds:
+                raise dg.Failure(description=(
+                    f"sbatch could not reach the SLURM controller for {time.monotonic() - waited:.0f} s "
+                    f"(controller_grace_seconds={self.compute.controller_grace_seconds:g}); nothing was submitted:\n"
+                    f"{done.stderr.strip()}\nCheck slurmctld (`scontrol ping`), then rematerialize."))
+            self.context.log.warning(f"[slurm] sbatch: {done.stderr.strip()[:300]}; trying again in {pause:.0f} s")
+            time.sleep(pause)
+            pause = min(pause * 1.5, self.compute.max_poll_seconds)
+            done = self.compute.cluster_command(args, stdin=self.script)
         if done.returncode != 0:
             raise dg.Failure(
                 description=f"sbatch rejected the {self.task} job (exit {done.returncode}):\n{done.stderr.strip()}",
@@ -485,7 +506,7 @@ class _Follower:
                 self.context.log.info("[slurm] sacct: accounting storage is disabled here; following jobs with squeue -t all")
                 self.source = "squeue"
             else:
-                self.context.log.warning(f"[slurm] sacct failed (exit {done.returncode}): {done.stderr.strip()[:500]}; trying again")
+                self.status_failed("sacct", done)
                 return
         if self.source == "squeue":
             done = self.compute.cluster_command(
@@ -495,9 +516,13 @@ class _Follower:
             elif "Invalid job id" in done.stderr:
                 rows = {}  # every id aged out of the controller (MinJobAge)
             else:
-                self.context.log.warning(f"[slurm] squeue failed (exit {done.returncode}): {done.stderr.strip()[:500]}; trying again")
+                self.status_failed("squeue", done)
                 return
         assert rows is not None
+        if self.unreachable_since is not None:
+            self.context.log.info(f"[slurm] {self.source} answers again after {time.monotonic() - self.unreachable_since:.0f} s; "
+                                  "the controller kept the jobs")
+            self.unreachable_since = None
         for t in self.tasks:
             if t.state in TERMINAL:
                 continue
@@ -511,6 +536,26 @@ class _Follower:
             t.missing_polls = 0
             t.info.update({k: v for k, v in row.items() if v and k != "state"})
             t.state = row["state"]
+
+    def status_failed(self, command: str, done: subprocess.CompletedProcess[str]) -> None:
+        """A failed status call (a restarting slurmctld: ``Unable to contact slurm controller``):
+        keep polling, with backoff, for ``controller_grace_seconds``, then fail the step clearly."""
+        now = time.monotonic()
+        error = done.stderr.strip()[:500] or f"exit {done.returncode}"
+        if self.unreachable_since is None:
+            self.unreachable_since = now
+        down = now - self.unreachable_since
+        grace = self.compute.controller_grace_seconds
+        if down >= grace:
+            ids = sorted({t.slurm_id for t in self.tasks if t.state not in TERMINAL})
+            raise dg.Failure(description=(
+                f"the SLURM controller did not answer {command} for {down:.0f} s (controller_grace_seconds={grace:g}); "
+                f"last error: {error}\nJob(s) {', '.join(ids)} may still be running and will publish their results "
+                "atomically if they finish: check `scontrol ping` and `squeue -t all -j <id>` once slurmctld is back, "
+                "scancel them or let them finish, then rematerialize (finished outputs are reused, partial ones never are)."),
+                metadata={**self.run_metadata(), "slurm/unreachable_seconds": round(down, 1)})
+        self.context.log.warning(f"[slurm] {command} failed (exit {done.returncode}): {error}; the controller may be "
+                                 f"restarting: polling again with backoff ({down:.0f} of {grace:g} s grace used)")
 
     def stream_logs(self) -> None:
         """Forward new lines of the jobs' stdout/stderr into the run log."""
@@ -549,7 +594,7 @@ class _Follower:
             return
         parts = []
         for t in failed:
-            reason = _EXPLAIN.get(t.state, "")
+            reason = _EXPLAIN.get(t.state, "").format(mem=self.job["mem"], task=self.task, bigger=_bigger(self.job["mem"]))
             if t.state in RESUBMITTABLE:
                 reason += f"; resubmitted {t.attempts - 1} time(s), max_resubmits={self.compute.max_resubmits}"
             parts.append(f"{t.label}: SLURM job {t.slurm_id} ended {t.state} (exit code {t.info.get('exit_code', '?')}) — {reason}\n"
@@ -652,6 +697,14 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+_UNREACHABLE = "Unable to contact slurm controller"
+
+
+def _bigger(mem: str) -> str:
+    """A suggestion twice as large as a --mem value ("4G" -> "8G")."""
+    return f"{int(mem[:-1] if mem[-1].isalpha() else mem) * 2}{mem[-1] if mem[-1].isalpha() else ''}"
 
 
 def _compress(indices: list[int]) -> str:

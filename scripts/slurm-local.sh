@@ -5,6 +5,10 @@
 #   scripts/slurm-local.sh start [--accounting] [--cgroup]   start (or restart in another mode)
 #   scripts/slurm-local.sh stop                               stop exactly the daemons it started
 #   scripts/slurm-local.sh status                             exit 0 when the node is up
+#   scripts/slurm-local.sh kill-daemon slurmctld|slurmd       SIGKILL it (a crash; fault tests)
+#   scripts/slurm-local.sh restart-daemon slurmctld|slurmd    start it again, keeping the jobs
+#                                                             (slurmctld recovers its saved state,
+#                                                             slurmd reattaches to running steps)
 #
 # --accounting  also slurmdbd + MariaDB (socket only), so sacct works and accounts are enforced
 # --cgroup      proctrack/task cgroup (v1) with ConstrainRAMSpace, so memory limits are enforced
@@ -58,6 +62,9 @@ cmd_stop() {
     if pid_alive slurmctld >/dev/null; then scancel --full --user=root >/dev/null 2>&1 || true; fi
     for name in slurmd slurmctld slurmdbd mariadbd munged; do stop_one "$name"; done
     if [ -L "$ETC_LINK" ] && [ "$(readlink "$ETC_LINK")" = "$CONF" ]; then rm -f "$ETC_LINK"; fi
+    if [ -L /etc/slurm/cgroup.conf ] && [ "$(readlink /etc/slurm/cgroup.conf)" = "$STATE/etc/cgroup.conf" ]; then
+        rm -f /etc/slurm/cgroup.conf
+    fi
     rm -f "$STATE/mode"
     log "stopped"
 }
@@ -250,9 +257,39 @@ cmd_start() {
     die "the node did not become idle in 30 s: $(sinfo -h -N -o '%T %E' 2>&1) (see $STATE/log/)"
 }
 
+daemon_name() {  # validates the daemon argument of kill-daemon / restart-daemon
+    case ${1:-} in slurmctld|slurmd) echo "$1" ;; *) die "name slurmctld or slurmd, not '${1:-}'" ;; esac
+}
+
+cmd_kill_daemon() {  # SIGKILL: no clean shutdown, no state saved beyond what is already on disk
+    local name pid
+    name=$(daemon_name "$@")
+    pid=$(pid_alive "$name") || die "$name is not running (as recorded in $STATE/pids/$name)"
+    kill -KILL "$pid"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    log "killed $name ($pid) with SIGKILL"
+}
+
+cmd_restart_daemon() {  # start again WITHOUT clearing state: jobs survive
+    local name
+    name=$(daemon_name "$@")
+    [ -f "$STATE/mode" ] || die "no cluster was started here: use start"
+    if pid_alive "$name" >/dev/null; then log "$name already running"; return 0; fi
+    rm -f "$STATE/run/$name.pid"
+    "$name" -f "$CONF" || die "$name failed to restart (see $STATE/log/$name.log)"
+    record_pid "$name" "$STATE/run/$name.pid"
+    for _ in $(seq 300); do
+        if cmd_status >/dev/null 2>&1; then log "$name restarted: $(sinfo -h -N -o '%N %T')"; return 0; fi
+        sleep 0.1
+    done
+    die "$name restarted but the node is not up after 30 s: $(sinfo -h -N -o '%T %E' 2>&1) (see $STATE/log/)"
+}
+
 case ${1:-} in
     start) shift; cmd_start "$@" ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    *) echo "usage: $0 start [--accounting] [--cgroup] | stop | status" >&2; exit 2 ;;
+    kill-daemon) shift; cmd_kill_daemon "$@" ;;
+    restart-daemon) shift; cmd_restart_daemon "$@" ;;
+    *) echo "usage: $0 start [--accounting] [--cgroup] | stop | status | kill-daemon NAME | restart-daemon NAME" >&2; exit 2 ;;
 esac

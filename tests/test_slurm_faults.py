@@ -1,0 +1,273 @@
+"""SLURM faults against the real local cluster (scripts/slurm-local.sh), no mocks:
+
+1. a job past its ``--time`` ends TIMEOUT, is resubmitted and resumes from the checkpoint that
+   SLURM's warning signal (USR1) made it write, ending with the same weights as an uninterrupted run;
+2. slurmctld and slurmd killed (SIGKILL) mid-job and restarted: the run rides it out, or, when the
+   controller stays away past ``controller_grace_seconds``, fails clearly; either way every published
+   artifact is complete and matches its recorded sha256, and a rerun reuses it;
+3. last (it restarts the cluster with ``task/cgroup``): a job over its ``mem`` ends OUT_OF_MEMORY,
+   the failure says which ``mem`` to raise, and it is not resubmitted.
+
+Everything is skipped, with the script's reason, only when the cluster cannot start (not root, no apt).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+from helpers import PROJECT_ROOT, seed_tiny_model, write_config
+
+from interp_assets.config import load_config
+from interp_assets.definitions import build_definitions
+from interp_assets.worker import sae_checkpoint_relpath, saes_relpath
+from resources.compute import LocalCompute
+from resources.slurm import SlurmCompute
+from resources.storage import sha256_file
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+SCRIPT = PROJECT_ROOT / "scripts" / "slurm-local.sh"
+LAYER = "1"
+SAE = {"log_every": 50, "lr_warmup_steps": 20, "lr_decay_steps": 100, "l1_warmup_steps": 100, "dead_window_steps": 200,
+       "eval_vectors": 512, "ce_eval_texts": 8, "min_explained_variance": 0.0, "max_dead_fraction": 1.0}
+
+
+def script(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+    if check and done.returncode != 0:
+        raise AssertionError(f"slurm-local.sh {' '.join(args)} failed: {done.stderr.strip()[-800:]}")
+    return done
+
+
+def cluster(*flags: str) -> None:
+    """Start the local cluster in this mode (a no-op when it already runs so)."""
+    done = script("start", *flags, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"the local SLURM cluster did not start ({' '.join(flags) or 'plain'}): {done.stderr.strip()[-800:]}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster_lifetime():  # noqa: ANN202
+    yield
+    subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=120)
+
+
+def jobs(name: str | None = None) -> list[dict[str, str]]:
+    """Every job the controller knows (finished ones included), oldest first."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%A|%j|%T"], capture_output=True, text=True, timeout=120).stdout
+    rows = [dict(zip(("job_id", "name", "state"), line.split("|"), strict=True)) for line in out.split()]
+    return sorted((r for r in rows if name is None or r["name"] == name), key=lambda r: int(r["job_id"]))
+
+
+def run_log(instance: dg.DagsterInstance, run_id: str) -> str:
+    return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return failure.event_specific_data.error.to_string()
+
+
+def materialize(config_path: Path, selection: list[str], compute: object, instance: dg.DagsterInstance,
+                **kwargs: object) -> dg.ExecuteInProcessResult:
+    defs = build_definitions(config_path)
+    return dg.materialize(list(defs.assets), selection=selection, instance=instance,
+                          resources={"compute": compute}, raise_on_error=False, **kwargs)
+
+
+def slurm(tmp: Path, **settings: object) -> SlurmCompute:
+    return SlurmCompute(log_dir=str(tmp / "slurm-logs"), poll_seconds=0.5, max_poll_seconds=3.0, **settings)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path) -> Path:
+    """A storage root with the tiny model, prompts and layer 1's activations (made locally: the
+    SLURM path of these is test_slurm's business); each test copies what it trains on."""
+    cluster()
+    root = tmp_path_factory.mktemp("slurm-faults")
+    config_path = write_config(root)
+    seed_tiny_model(load_config(config_path).storage.root, tiny_model_storage)
+    compute = LocalCompute(torch_threads=1)
+    with dg.instance_for_test() as instance:
+        for behaviour in load_config(config_path).prompts.behaviours:
+            assert materialize(config_path, ["prompts"], compute, instance, partition_key=behaviour).success
+        assert materialize(config_path, ["activations"], compute, instance, partition_key=LAYER).success
+    return config_path
+
+
+def copy_study(study: Path, target: Path, sae: dict) -> Path:
+    source = Path(load_config(study).storage.root)
+    for folder in ("models", "activations"):
+        shutil.copytree(source / folder, target / "storage" / folder)
+    return write_config(target, {"sae": {**SAE, **sae}})
+
+
+def worker_pid(job_id: str) -> int | None:
+    """The job's worker process: the batch script ``exec``s it, so it is slurmstepd's child with the
+    job's SLURM_JOB_ID (not a short-lived child the worker forks, which shares both)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            ppid = next(line.split()[1] for line in (entry / "status").read_text().splitlines() if line.startswith("PPid:"))
+            parent = Path(f"/proc/{ppid}/comm").read_text().strip()
+        except (OSError, StopIteration):
+            continue
+        if b"interp_assets.worker" in cmdline and f"SLURM_JOB_ID={job_id}".encode() in environ and parent == "slurmstepd":
+            return int(entry.name)
+    return None
+
+
+def training_step(messages: Path) -> int:
+    """The last ``step N/...`` the worker logged through its Pipes message file."""
+    step = 0
+    try:
+        lines = messages.read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        if '"log"' in line and ": step " in line:
+            text = json.loads(line)["params"]["message"]
+            step = int(text.split(": step ")[1].split("/")[0])
+    return step
+
+
+def wait_for(what: str, condition: Callable[[], object], timeout: float = 300, every: float = 0.1) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Background(threading.Thread):
+    """Runs ``body`` beside the materialization in the main thread; re-raises its error on join."""
+
+    def __init__(self, body: Callable[[], None]) -> None:
+        super().__init__(daemon=True)
+        self.body, self.error = body, None
+
+    def run(self) -> None:
+        try:
+            self.body()
+        except BaseException as error:  # noqa: BLE001
+            self.error = error
+
+    def finish(self, timeout: float = 120) -> None:
+        self.join(timeout)
+        if self.error is not None:
+            raise self.error
+
+
+def reference_worker(config_path: Path) -> subprocess.Popen[str]:
+    """The same training run uninterrupted, outside SLURM, with one torch thread like the job."""
+    env = {**os.environ, "INTERP_ASSETS_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "interp_assets.worker", "saes", "--partition", LAYER,
+                             "--config", str(config_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def assert_published_saes_are_complete(config_path: Path) -> dict[str, str]:
+    """Every SAE folder under the storage root is complete (``_COMPLETE``) and its weights match the
+    sha256 recorded in its training.json; nothing else (a partial folder) is visible. Returns
+    {layer folder: weights sha256}."""
+    config = load_config(config_path)
+    saes = Path(config.storage.root) / Path(saes_relpath(config, int(LAYER))).parent
+    found = {}
+    for folder in sorted(saes.iterdir()) if saes.exists() else []:
+        assert ".tmp-" not in folder.name, f"a staging folder was left behind: {folder}"
+        assert (folder / "_COMPLETE").exists(), f"{folder} is published without _COMPLETE"
+        record = json.loads((folder / "training.json").read_text())
+        actual = sha256_file(folder / "sae_weights.safetensors")
+        assert actual == record["summary"]["weights_sha256"], f"{folder}: weights differ from their recorded sha256"
+        found[folder.name] = actual
+    return found
+
+
+# ---- 1. TIMEOUT: resubmitted, resumed from the USR1 checkpoint, same weights -------------------
+
+
+def test_a_job_past_its_time_limit_is_resubmitted_and_resumes_to_identical_weights(study: Path, tmp_path: Path) -> None:
+    """``time=1`` (a minute) and ``signal_seconds=30``. The first attempt is made too slow to finish
+    whatever this machine's speed, as a stuck job would be: its worker is frozen (SIGSTOP) once
+    training is under way. SLURM's USR1 warning comes with a SIGCONT, so the worker runs just long
+    enough to write the checkpoint USR1 asks for, and is frozen again; SLURM ends the job TIMEOUT,
+    SlurmCompute resubmits it and the new attempt resumes from that checkpoint, the only one there
+    is (``checkpoint_every`` is beyond ``steps``). The weights equal an uninterrupted run's."""
+    steps = 1500
+    sae = {"steps": steps, "checkpoint_every": 10 * steps}
+    config_path = copy_study(study, tmp_path / "slurm", sae)
+    reference = reference_worker(copy_study(study, tmp_path / "reference", sae))
+    config = load_config(config_path)
+    checkpoint = Path(config.storage.root) / sae_checkpoint_relpath(config, int(LAYER))
+    before = {j["job_id"] for j in jobs()}
+    seen: dict[str, object] = {}
+
+    def first_attempt_runs_out_of_time() -> None:
+        job = wait_for("the first job to run", lambda: next(
+            (j for j in jobs("ia-saes") if j["job_id"] not in before and j["state"] == "RUNNING"), None), every=0.5)
+        messages = wait_for("its Pipes message file",
+                            lambda: next((tmp_path / "slurm-logs").glob("*/saes/messages.jsonl"), None))
+        seen["job"] = job["job_id"]
+        wait_for("training to get under way (or USR1's checkpoint)",
+                 lambda: training_step(messages) >= 50 or checkpoint.exists(), timeout=240, every=0.02)
+        pid = wait_for("its worker process", lambda: worker_pid(job["job_id"]), timeout=30)
+        os.kill(pid, signal.SIGSTOP)
+        # SLURM's USR1, `signal_seconds` (or up to ~30 s more) before the limit, comes with a SIGCONT:
+        # the worker checkpoints after its current step. Freeze it again as soon as the checkpoint is
+        # there (under load USR1 may have come first: then it is frozen already).
+        if not checkpoint.exists():
+            wait_for("the checkpoint USR1 asks for", checkpoint.exists, timeout=120, every=0.01)
+            os.kill(pid, signal.SIGSTOP)
+        # ...and it stays too slow until SLURM's time limit ends it (SIGCONT + SIGTERM, then SIGKILL).
+        seen["checkpoint_step"] = torch.load(checkpoint, weights_only=False)["step"]
+
+    chaos = Background(first_attempt_runs_out_of_time)
+    chaos.start()
+    with dg.instance_for_test() as instance:
+        result = materialize(config_path, ["saes"], slurm(tmp_path, time="1", signal_seconds=30, max_resubmits=4),
+                             instance, partition_key=LAYER)
+        log = run_log(instance, result.run_id)
+    chaos.finish()
+    assert result.success, failure_text(result)
+    expected, errors = reference.communicate(timeout=600)
+    assert reference.returncode == 0, errors[-3000:]
+
+    # SLURM's own record: the first job ran out of time, a later one finished; nothing else ran.
+    ours = [j for j in jobs("ia-saes") if j["job_id"] not in before]
+    assert ours[0]["job_id"] == seen["job"] and ours[0]["state"] == "TIMEOUT", ours
+    assert ours[-1]["state"] == "COMPLETED" and all(j["state"] == "TIMEOUT" for j in ours[:-1]), ours
+    md = result.asset_materializations_for_node("saes")[0].metadata
+    assert md["slurm/submissions"].value == [j["job_id"] for j in ours]
+    assert md["slurm/attempts"].value == len(ours) >= 2
+    assert md["slurm/job_id"].value == ours[-1]["job_id"] and md["slurm/state"].value == "COMPLETED"
+    assert f"saes ({seen['job']}) ended TIMEOUT" in log and "resubmitting (attempt 2 of 5)" in log
+    assert "worker: USR1 received: checkpointing at the next training step" in log  # the job's stderr, streamed
+
+    # The resubmitted attempt resumed from the first attempt's USR1 checkpoint, past where it froze.
+    resumed = int(md["resumed_from_step"].value)
+    assert 0 < resumed == seen["checkpoint_step"] < steps, (seen, resumed)
+    assert f"layer {LAYER}: resumed from the checkpoint at step {resumed}/{steps}" in log
+    assert not checkpoint.exists()  # removed once the SAE was published
+
+    # Bit-identical to the uninterrupted run, and the published file is what was recorded.
+    reference_sha = json.loads(expected.strip().splitlines()[-1])["partitions"][LAYER]["weights_sha256"]
+    assert md["weights_sha256"].value == reference_sha, f"resumed at step {resumed}: weights differ from an uninterrupted run"
+    assert assert_published_saes_are_complete(config_path) == {f"layer_{int(LAYER):03d}": reference_sha}
+
