@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,3 +156,55 @@ def assert_artifact_matches_latest_data_version(
     leftovers = [p.name for p in path.parent.iterdir() if p.name != path.name and p.name.startswith(f"{path.name}.tmp-")]
     assert not leftovers, f"temporary files left beside {path}: {leftovers}"
     return digest
+
+
+def cli_runs_take_turns(instance: dg.DagsterInstance, home: Path, config_path: Path, storage_root: Path,
+                        logs: Path, partition: str) -> tuple[str, str]:
+    """Two real `dagster asset materialize` processes of baselines [partition] on the instance in
+    ``home`` (prompts [partition] materialized already), the second started while the first one's
+    step holds the pool with its worker paused. Asserts that the second one's step is blocked by
+    the pool and starts only after the first one's has ended, that both runs succeed and the
+    artifact matches the data version; returns (first run id, second run id)."""
+    from helpers import PROJECT_ROOT
+
+    env = {**os.environ, "DAGSTER_HOME": str(home), "INTERP_ASSETS_CONFIG": str(config_path)}
+    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
+               "interp_assets.definitions", "--select", "baselines", "--partition", partition]
+    before = {run.run_id for run in instance.get_runs()}
+
+    def new_runs() -> set[str]:
+        return {run.run_id for run in instance.get_runs()} - before
+
+    def start(name: str) -> subprocess.Popen:
+        log = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    first = start("first")
+    second = paused = None
+    try:
+        first_run = wait_for(lambda: next(iter(new_runs()), None), "the first run to be created")
+        # The first run's step holds the slot and its worker is paused there: the runs overlap.
+        paused = pause_slot_holder(instance, first.pid, {first_run}, "baselines")
+        second = start("second")
+        second_run = wait_for(lambda: next(iter(new_runs() - {first_run}), None), "the second run to be created")
+        wait_for(lambda: was_blocked(instance, second_run), f"'{BLOCKED}' in the second run's log")
+        assert slot_holders(instance) == {first_run}
+    finally:
+        if paused is not None:
+            resume(paused)
+        for process in (first, second):
+            if process is not None:
+                process.wait(timeout=600)
+
+    for name, process in (("first", first), ("second", second)):
+        assert process.returncode == 0, (logs / f"{name}.log").read_text(errors="replace")[-3000:]
+    for run_id in (first_run, second_run):
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+    # The second run's step started only after the first one's had ended.
+    _, first_end = step_window(instance, first_run, "baselines")
+    second_start, _ = step_window(instance, second_run, "baselines")
+    assert second_start >= first_end
+    assert not slot_holders(instance)
+    assert_artifact_matches_latest_data_version(
+        instance, storage_root, "baselines", partition, f"baselines/{partition}.parquet", {first_run, second_run})
+    return first_run, second_run

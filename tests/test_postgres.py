@@ -28,6 +28,7 @@ import dagster as dg
 import pytest
 from concurrent_runs import (
     assert_artifact_matches_latest_data_version,
+    cli_runs_take_turns,
     pause_slot_holder,
     resume,
     slot_holders,
@@ -228,3 +229,15 @@ def test_two_runs_of_one_partition_launched_at_once_through_the_daemon(lab: Lab,
         types = {row[0] for row in pg.query(f"select dagster_event_type from event_logs where run_id = '{run_id}'")}
         assert event_values("RUN_ENQUEUED", "RUN_STARTING", "RUN_START", "STEP_START", "ASSET_MATERIALIZATION",
                             "RUN_SUCCESS") <= types, (run_id, types)
+
+
+def test_two_cli_runs_of_one_partition_on_postgres_take_turns(lab: Lab, tmp_path: Path) -> None:
+    """Runs that bypass the queue (`dagster asset materialize`, the main job) on the lab instance:
+    the pool, through PostgreSQL's concurrency tables, makes the second one's step wait."""
+    first, second = cli_runs_take_turns(lab.instance, lab.home, lab.config_path, lab.storage, tmp_path, "ioi")
+    blocked = lab.pg.query(
+        f"select count(*) from event_logs where run_id = '{second}' and dagster_event_type = 'ENGINE_EVENT' "
+        "and event like '%Step blocked by limit for pool compute%'")
+    assert blocked != [["0"]]
+    assert lab.pg.query(f"select count(*) from runs where run_id in ('{first}', '{second}') and status = 'SUCCESS'") \
+        == [["2"]]
