@@ -75,25 +75,34 @@ def write_synthetic_shard(path: Path, n_vectors: int, d_in: int, seed: int) -> N
 
 
 class Clock:
-    """Timestamps every ``window``-th batch fetch (after a CUDA synchronize on a GPU)."""
+    """Times every ``window`` steps at the batch fetch (after a CUDA synchronize on a GPU). In
+    lock-step mode it also stops there (prints ``TICK``, waits for a line on stdin) so that the
+    parent lets one trainer at a time run a window: both then see the same machine load."""
 
-    def __init__(self, window: int, device: str) -> None:
-        self.window, self.device, self.fetches, self.stamps = window, device, 0, []
+    def __init__(self, window: int, device: str, lockstep: bool) -> None:
+        self.window, self.device, self.lockstep = window, device, lockstep
+        self.fetches, self.resumed, self.windows = 0, None, []
 
     def tick(self) -> None:
         if self.fetches % self.window == 0:
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            self.stamps.append((self.fetches, time.perf_counter()))
+            if self.resumed is not None:
+                self.windows.append(time.perf_counter() - self.resumed)  # seconds of this window's steps
+            if self.lockstep:
+                print("TICK", flush=True)
+                sys.stdin.readline()
+            self.resumed = time.perf_counter()
         self.fetches += 1
 
-    def rates(self) -> tuple[float, list[float]]:
-        """(steps/s from the end of the first window to the last stamp, per-window steps/s)."""
-        stamps = self.stamps[1:]  # the first window is burn-in
-        windows = [(b[0] - a[0]) / (b[1] - a[1]) for a, b in zip(stamps, stamps[1:], strict=False)]
-        if len(stamps) < 2:
-            return math.nan, windows
-        return (stamps[-1][0] - stamps[0][0]) / (stamps[-1][1] - stamps[0][1]), windows
+    def rates(self) -> tuple[float, float, list[float]]:
+        """(steps/s from the median window, steps/s from the total, per-window steps/s); the first
+        window is burn-in."""
+        windows = self.windows[1:]
+        if not windows:
+            return math.nan, math.nan, []
+        return (self.window / statistics.median(windows), self.window * len(windows) / sum(windows),
+                [self.window / w for w in windows])
 
 
 def timed_batches(batches: ShuffledBatches, clock: Clock) -> ShuffledBatches:
@@ -204,7 +213,7 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     data = ShardedActivations([args.shard], held_out=args.held_out)
     held_out = data.held_out_vectors()
-    clock = Clock(args.window, args.device)
+    clock = Clock(args.window, args.device, args.lockstep == "on")
     batches = timed_batches(ShuffledBatches(data, args.batch, seed=0), clock)
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False  # FP32 on both sides
@@ -214,11 +223,13 @@ def worker(args) -> None:
     train = {"ours": train_ours, "saelens": train_saelens, "sparsify": train_sparsify}[args.worker]
     r2 = train(args, batches, held_out)
     wall = time.perf_counter() - started
-    steps_per_s, windows = clock.rates()
+    steps_per_s, mean_steps_per_s, windows = clock.rates()
     record = {
         "trainer": args.worker,
         "steps_per_s": steps_per_s,
-        "window_steps_per_s": [round(w, 4) for w in windows],
+        "steps_per_s_from_total": mean_steps_per_s,
+        "timed_windows": len(windows),
+        "window_steps_per_s_min_max": [round(min(windows), 4), round(max(windows), 4)] if windows else None,
         "wall_seconds": round(wall, 2),
         "heldout_explained_variance": round(r2, 4),
         "baseline_rss_mib": round(baseline, 1),
@@ -255,22 +266,75 @@ def machine_info(device: str, threads: int) -> dict:
     return info
 
 
-def run_child(trainer: str, arch: str, shard: Path, args) -> dict:
+def matmul_gflops(device: str, threads: int, repeats: int = 3) -> float:
+    """What the hardware gives a [256, 3584] @ [3584, 14336] FP32 matmul right now (best of a few):
+    the denominator of "% of hardware limit", measured next to each run because the machine is shared."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(256, 3584, device=device), torch.randn(3584, 14336, device=device)
+    best = math.inf
+    for _ in range(repeats + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * 256 * 3584 * 14336 / best / 1e9
+
+
+def child_command(trainer: str, arch: str, shard: Path, args, lockstep: bool) -> list[str]:
     command = [sys.executable, __file__, "--worker", trainer, "--shard", str(shard), "--arch", arch]
     for name in ("d_in", "expansion", "batch", "steps", "k", "lr", "warmup", "l1", "aux_k", "dead_window",
                  "device", "threads", "seed", "held_out", "window"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return command + ["--lockstep", "on" if lockstep else "off"]
+
+
+def run_children(trainers: list[str], arch: str, shard: Path, args, lockstep: bool, logs: Path) -> dict[str, dict]:
+    """Run the trainers' children, either side by side in lock-step (one timed window at a time,
+    taking turns) or one after the other; return each one's RESULT record."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TQDM_DISABLE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-    print(f"  {arch}: {trainer} ...", flush=True)
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{trainer} failed (rc {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    record = json.loads(lines[-1][len("RESULT "):])
-    print(f"    {record['steps_per_s']:.4f} steps/s, R² {record['heldout_explained_variance']:.3f}, "
-          f"peak RSS {record['peak_rss_mib']:.0f} MiB, load {record['load_average'][0]:.2f}", flush=True)
-    return record
+    results: dict[str, dict] = {}
+
+    def start(trainer: str) -> subprocess.Popen:
+        print(f"  {arch}: {trainer} ...", flush=True)
+        return subprocess.Popen(child_command(trainer, arch, shard, args, lockstep), env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=(logs / f"{arch}-{trainer}.stderr").open("a"))
+
+    def until_tick_or_result(trainer: str, child: subprocess.Popen) -> bool:
+        """Read the child's stdout to its next TICK (True) or to its RESULT and exit (False)."""
+        for line in child.stdout:  # type: ignore[union-attr]
+            if line.startswith("TICK"):
+                return True
+            if line.startswith("RESULT "):
+                results[trainer] = json.loads(line[len("RESULT "):])
+        if child.wait() != 0 or trainer not in results:
+            raise RuntimeError(f"{trainer} failed (rc {child.returncode}); see {logs / f'{arch}-{trainer}.stderr'}")
+        return False
+
+    if lockstep:
+        children = {trainer: start(trainer) for trainer in trainers}
+        running = [t for t in trainers if until_tick_or_result(t, children[t])]  # both initialise, untimed
+        while running:
+            for trainer in list(running):
+                children[trainer].stdin.write("go\n")  # type: ignore[union-attr]
+                children[trainer].stdin.flush()  # type: ignore[union-attr]
+                if not until_tick_or_result(trainer, children[trainer]):
+                    running.remove(trainer)
+    else:
+        for trainer in trainers:
+            child = start(trainer)
+            until_tick_or_result(trainer, child)
+    for trainer in trainers:
+        record = results[trainer]
+        record["matmul_gflops_after"] = round(matmul_gflops(args.device, args.threads), 1)
+        print(f"    {trainer}: {record['steps_per_s']:.4f} steps/s, R² {record['heldout_explained_variance']:.3f}, "
+              f"peak {record.get('peak_cuda_allocated_mib', record['peak_rss_mib']):.0f} MiB, "
+              f"load {record['load_average'][0]:.2f}", flush=True)
+    return results
 
 
 def summarise(arch: str, runs: dict[str, list[dict]], args) -> dict:
@@ -284,13 +348,24 @@ def summarise(arch: str, runs: dict[str, list[dict]], args) -> dict:
             "steps_per_s": round(rate, 4),
             "samples_per_s": round(rate * args.batch, 1),
             "steps_per_s_each_round": [round(r["steps_per_s"], 4) for r in records],
+            "steps_per_s_from_total_each_round": [round(r["steps_per_s_from_total"], 4) for r in records],
+            "window_steps_per_s_min_max_each_round": [r["window_steps_per_s_min_max"] for r in records],
             "peak_memory_mib": peak,
             "peak_memory_kind": "cuda max_memory_allocated" if args.device.startswith("cuda") else "process peak RSS",
             "peak_memory_over_baseline_mib": None if args.device.startswith("cuda") else
             round(max(r["peak_rss_mib"] - r["baseline_rss_mib"] for r in records), 1),
             "final_heldout_explained_variance": records[-1]["heldout_explained_variance"],
             "load_average_1m": [round(r["load_average"][0], 2) for r in records],
+            "matmul_gflops_probe_each_round": [r.get("matmul_gflops_after") for r in records],
         }
+        probes = [r["matmul_gflops_after"] for r in records if r.get("matmul_gflops_after")]
+        if probes:
+            # The floor of a step's work: relu, the dense step's 6 matmuls (12·B·d_in·d_sae FLOP); topk,
+            # the one dense matmul it cannot avoid, the encoder forward (2·B·d_in·d_sae; the rest is sparse).
+            flop = (12 if arch == "relu" else 2) * args.batch * args.d_in * d_sae
+            summary[trainer]["achieved_gflops_equivalent"] = round(rate * flop / 1e9, 1)
+            summary[trainer]["percent_of_matmul_rate_measured_alongside"] = round(
+                100 * rate * flop / 1e9 / statistics.median(probes), 1)
     dense_flop = 12 * args.batch * args.d_in * d_sae  # 6 matmuls of B·d_in·d_sae, 2 FLOP each
     return {
         "benchmark": "sae_compare",
@@ -302,6 +377,7 @@ def summarise(arch: str, runs: dict[str, list[dict]], args) -> dict:
                    "l1_coefficient": args.l1 if arch == "relu" else None,
                    "aux_k_coefficient": args.aux_k if arch == "topk" else None,
                    "dead_window_steps": args.dead_window, "timed_window_steps": args.window,
+                   "timing": args.timing, "steps_per_s_is": "window / median window time, first window dropped",
                    "vectors": args.vectors, "held_out": args.held_out,
                    "data": "synthetic: 32 active atoms of a random unit-norm dictionary + 10 % noise, mean norm √d_in"},
         "ratio_ours_over_competitor_steps_per_s": round(summary["ours"]["steps_per_s"] / summary[competitor]["steps_per_s"], 3),
@@ -328,23 +404,32 @@ def main() -> None:
     parser.add_argument("--dead-window", type=int, default=None, help="steps (default steps/4, ≤1000)")
     parser.add_argument("--vectors", type=int, default=16_384)
     parser.add_argument("--held-out", type=int, default=2048)
-    parser.add_argument("--window", type=int, default=None, help="steps per timed window (default steps/8)")
+    parser.add_argument("--window", type=int, default=None, help="steps per timed window (CPU 1, GPU steps/100)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--lockstep", choices=["auto", "on", "off"], default="auto",
+                        help="run both trainers side by side taking turns per window (auto: when both fit in memory)")
     parser.add_argument("--worker", choices=["ours", "saelens", "sparsify"], help=argparse.SUPPRESS)
     parser.add_argument("--shard", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.warmup = args.warmup if args.warmup is not None else min(1000, args.steps // 10)
     args.dead_window = args.dead_window if args.dead_window is not None else max(1, min(1000, args.steps // 4))
-    args.window = args.window if args.window is not None else max(1, args.steps // 8)
+    if args.window is None:  # CPU: take turns every step; GPU: every 1 % of the run (a sync per window)
+        args.window = 1 if args.device == "cpu" else max(1, args.steps // 100)
     if args.worker:
         worker(args)
         return
 
     archs = ["relu", "topk"] if args.arch == "both" else [args.arch]
     d_sae = args.d_in * args.expansion
+    # Weights, gradients and two Adam moments, FP32: two trainers side by side must fit with room.
+    trainer_bytes = 4 * 4 * 2 * args.d_in * d_sae
+    memory = (torch.cuda.get_device_properties(0).total_memory if args.device.startswith("cuda")
+              else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    lockstep = args.lockstep == "on" or (args.lockstep == "auto" and 2 * trainer_bytes < 0.6 * memory)
+    args.timing = "lock-step (one window at a time, taking turns)" if lockstep else "one trainer after the other"
     with tempfile.TemporaryDirectory() as tmp:
         shard = Path(tmp) / "corpus-00000.safetensors"
         write_synthetic_shard(shard, args.vectors + args.held_out, args.d_in, args.seed)
@@ -354,8 +439,9 @@ def main() -> None:
             print(f"{arch} {args.d_in}→{d_sae}, batch {args.batch}, {args.steps} steps × {args.rounds} rounds, "
                   f"{args.device}, {args.threads} threads", flush=True)
             for round_ in range(args.rounds):
-                for trainer in trainers if round_ % 2 == 0 else trainers[::-1]:
-                    runs[trainer].append(run_child(trainer, arch, shard, args))
+                order = trainers if round_ % 2 == 0 else trainers[::-1]
+                for trainer, record in run_children(order, arch, shard, args, lockstep, Path(tmp)).items():
+                    runs[trainer].append(record)
             record = summarise(arch, runs, args)
             args.out.mkdir(parents=True, exist_ok=True)
             path = args.out / f"sae_compare_{arch}_{args.d_in}x{d_sae}_b{args.batch}_{args.device.split(':')[0]}.json"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from interp_assets.core.sae import SaeSpec, SparseAutoencoder, decoder_norm_weighted_l1
-from interp_assets.core.sae_training import TrainerConfig, _losses
+from interp_assets.core.sae_training import TrainerConfig, _losses, _standard_step_gradients
 
 
 @pytest.fixture(autouse=True)
@@ -79,3 +79,29 @@ def test_topk_loss_with_few_or_no_dead_latents_matches_the_full_selection(n_dead
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
     for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(naive, params), strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("reuse_buffers", [False, True])
+def test_standard_step_gradients_match_autograd(reuse_buffers: bool) -> None:
+    # The ReLU step's hand-written gradients (the trainer's path) against autograd on _losses.
+    sae = SparseAutoencoder(SaeSpec(d_in=12, d_sae=48)).double()
+    sae.initialize(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.1)
+        sae.W_dec[5] = 0.0  # a zero decoder row
+        sae.W_dec[7] *= 3.0
+    config = TrainerConfig(architecture="standard")
+    x = torch.randn(9, 12, dtype=torch.float64)
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    loss, want_terms, want_fired = _losses(sae, x, config, 2.5, torch.zeros(48, dtype=torch.bool))
+    want = torch.autograd.grad(loss, params)
+    if reuse_buffers:  # stale values in kept .grad buffers must be overwritten, not added to
+        for param in params:
+            param.grad = torch.full_like(param, 7.0)
+    terms, fired = _standard_step_gradients(sae, x, 2.5)
+    for got, expected in zip([p.grad for p in params], want, strict=True):
+        torch.testing.assert_close(got, expected)
+    for name, value in want_terms.items():
+        torch.testing.assert_close(terms[name], value.detach(), msg=name)
+    assert torch.equal(fired, want_fired)

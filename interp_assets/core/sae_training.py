@@ -38,8 +38,8 @@ from interp_assets.core.sae_data import DataPosition, ShuffledBatches
 # Bump when the training maths changes: finished SAEs and checkpoints of older versions are redone.
 # 2: b_dec folded into the encoder bias, a hand-written decoder-norm L1 backward, AuxK sized to the
 #    dead latents on CPU (same maths, different rounding: a version-1 checkpoint would not resume
-#    bit-identically).
-TRAINER_VERSION = 2
+#    bit-identically). 3: the ReLU step's gradients written by hand into kept buffers (same again).
+TRAINER_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,50 @@ def _losses(
 
 
 @torch.no_grad()
+def _standard_step_gradients(
+    sae: SparseAutoencoder, x: torch.Tensor, l1: float
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The ReLU SAE's loss terms and gradients written out by hand (the maths of ``_losses`` +
+    ``backward``), into ``.grad`` buffers kept from step to step. Without an autograd graph, no
+    fresh [d_sae, d_in] gradient is allocated (and page-faulted) per step, and the L1 term's
+    decoder gradient joins the matmul's in place. Returns (named terms, fired mask [d_sae]).
+
+    With e = x̂ − x, g = 2e/B, n_i = ‖W_dec,i‖, h = (g W_decᵀ + λ n/B) ⊙ [pre > 0]:
+    ∇W_dec = fᵀg + λ (Σ_b f_bi / B) W_dec,i / n_i,  ∇W_enc = (x − b_dec)ᵀh,  ∇b_enc = Σ_b h,
+    ∇b_dec = Σ_b g − W_enc Σ_b h."""
+    batch = x.shape[0]
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    centred = x - b_dec  # [B, d_in]
+    pre = torch.addmm(b_enc, centred, W_enc)  # [B, d_sae]
+    feature_acts = torch.relu(pre)
+    norms = W_dec.norm(dim=1)  # [d_sae]
+    error = torch.addmm(b_dec, feature_acts, W_dec).sub_(x)  # x̂ − x, [B, d_in]
+    mse = error.pow(2).sum(dim=-1).mean()
+    mean_acts = feature_acts.sum(dim=0) / batch  # [d_sae]
+    sparsity = mean_acts @ norms
+    grad_out = error * (2.0 / batch)  # ∂loss/∂x̂
+    grad_pre = torch.addmm(norms * (l1 / batch), grad_out, W_dec.T).masked_fill_(pre <= 0, 0.0)
+    for param in (W_enc, b_enc, W_dec, b_dec):
+        if param.grad is None:
+            param.grad = torch.empty_like(param)
+    torch.mm(feature_acts.T, grad_out, out=W_dec.grad)
+    W_dec.grad.addcmul_(W_dec, torch.where(norms > 0, l1 * mean_acts / norms.clamp_min(1e-30), 0.0)[:, None])
+    torch.mm(centred.T, grad_pre, out=W_enc.grad)
+    grad_b_enc = grad_pre.sum(dim=0)
+    b_enc.grad.copy_(grad_b_enc)
+    torch.sub(grad_out.sum(dim=0), W_enc @ grad_b_enc, out=b_dec.grad)
+    total = (x - x.mean(dim=0)).pow(2).sum(dim=-1).mean()
+    terms = {
+        "losses/mse": mse,
+        "losses/l1": sparsity,
+        "metrics/l0": (feature_acts > 0).sum(-1).float().mean(),
+        "metrics/explained_variance": 1 - mse / total.clamp_min(1e-12),
+        "losses/overall": mse + l1 * sparsity,
+    }
+    return terms, (feature_acts > 0).any(dim=0)
+
+
+@torch.no_grad()
 def _unit_norm_decoder(sae: SparseAutoencoder) -> None:
     sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
@@ -230,9 +274,12 @@ def train_sae(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
         dead = steps_since_fired >= config.dead_window_steps
-        loss, terms, fired = _losses(sae, x, config, l1_at(step, config), dead)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if sae.architecture == "standard":
+            terms, fired = _standard_step_gradients(sae, x, l1_at(step, config))  # overwrites .grad
+        else:
+            loss, terms, fired = _losses(sae, x, config, l1_at(step, config), dead)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if sae.architecture == "topk":
             _remove_parallel_gradient(sae)
         torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
