@@ -38,7 +38,8 @@ from interp_assets.core.sae_data import DataPosition, ShuffledBatches
 # Bump when the training maths changes: finished SAEs and checkpoints of older versions are redone.
 # 2: b_dec folded into the encoder bias, a hand-written decoder-norm L1 backward, AuxK sized to the
 #    dead latents on CPU (same maths, different rounding: a version-1 checkpoint would not resume
-#    bit-identically). 3: the ReLU step's gradients written by hand into kept buffers (same again).
+#    bit-identically). 3: the ReLU step's gradients written by hand into kept buffers, a dense
+#    AuxK decode when many latents are dead (same maths again).
 TRAINER_VERSION = 3
 
 
@@ -129,9 +130,14 @@ def _losses(
         if k_aux:
             aux_values, aux_indices = pre.masked_fill(~dead, -math.inf).topk(k_aux, dim=-1, sorted=False)
             aux_values = torch.where(torch.isfinite(aux_values), torch.relu(aux_values), 0.0)
-            error_hat = torch.nn.functional.embedding_bag(
-                aux_indices, sae.W_dec, per_sample_weights=aux_values, mode="sum"
-            )
+            if 16 * k_aux > sae.spec.d_sae:
+                # Over ~6 % of the latents, one dense matmul (and two in backward) beats gathering
+                # B·k_aux decoder rows, whose per-sample-weight backward is slow on CPU.
+                error_hat = torch.zeros_like(pre).scatter(-1, aux_indices, aux_values) @ sae.W_dec
+            else:
+                error_hat = torch.nn.functional.embedding_bag(
+                    aux_indices, sae.W_dec, per_sample_weights=aux_values, mode="sum"
+                )
             total_var = (error - error.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
             aux = (error_hat - error.detach()).pow(2).sum(dim=-1).mean() / total_var.detach()
             aux = torch.where(dead.any(), aux, torch.zeros_like(aux))
