@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from interp_assets.core.sae import SaeSpec, SparseAutoencoder, decoder_norm_weighted_l1
-from interp_assets.core.sae_training import TrainerConfig, _losses, _standard_step_gradients
+from interp_assets.core.sae_training import (
+    TrainerConfig,
+    _losses,
+    _remove_parallel_gradient,
+    _standard_step_gradients,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -105,3 +110,15 @@ def test_standard_step_gradients_match_autograd(reuse_buffers: bool) -> None:
     for name, value in want_terms.items():
         torch.testing.assert_close(terms[name], value.detach(), msg=name)
     assert torch.equal(fired, want_fired)
+
+
+def test_remove_parallel_gradient_leaves_the_part_orthogonal_to_each_decoder_row() -> None:
+    sae = SparseAutoencoder(SaeSpec(d_in=7, d_sae=20, architecture="topk", k=3)).double()
+    sae.initialize(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(20, 1, dtype=torch.float64) + 0.5)  # rows not unit norm
+    grad = torch.randn(20, 7, dtype=torch.float64)
+    sae.W_dec.grad = grad.clone()
+    _remove_parallel_gradient(sae)
+    rows = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(sae.W_dec.grad, grad - (grad * rows).sum(dim=1, keepdim=True) * rows)

@@ -39,7 +39,7 @@ from interp_assets.core.sae_data import DataPosition, ShuffledBatches
 # 2: b_dec folded into the encoder bias, a hand-written decoder-norm L1 backward, AuxK sized to the
 #    dead latents on CPU (same maths, different rounding: a version-1 checkpoint would not resume
 #    bit-identically). 3: the ReLU step's gradients written by hand into kept buffers, a dense
-#    AuxK decode when many latents are dead (same maths again).
+#    AuxK decode when many latents are dead, the parallel-gradient removal in place (same maths again).
 TRAINER_VERSION = 3
 
 
@@ -214,8 +214,10 @@ def _remove_parallel_gradient(sae: SparseAutoencoder) -> None:
     # the renormalisation undoes; removing it keeps Adam's statistics meaningful.
     if sae.W_dec.grad is None:
         return
-    rows = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    sae.W_dec.grad -= (sae.W_dec.grad * rows).sum(dim=1, keepdim=True) * rows
+    # g −= (g·r) r with r = w/‖w‖, as g −= ((g·w)/‖w‖²) w: two passes over [d_sae, d_in], no temporaries.
+    W_dec, grad = sae.W_dec, sae.W_dec.grad
+    along = torch.einsum("ij,ij->i", grad, W_dec) / W_dec.norm(dim=1).clamp_min(1e-8).square()
+    grad.addcmul_(W_dec, along.neg_()[:, None])
 
 
 def train_sae(
