@@ -214,12 +214,29 @@ class SaeSection(_Section):
     min_explained_variance: float = Field(default=0.7, ge=0, le=1)
     max_dead_fraction: float = Field(default=0.2, ge=0, le=1)
     seed: int = Field(default=0, ge=0)
+    data_source: Literal["cached", "stream"] = "cached"
+    """cached: train from the stored ``activations`` (materialized first). stream: the SAE worker
+    runs the model itself and trains the SAEs of a group of layers from one forward pass per batch
+    of the same corpus; nothing is stored and ``saes`` does not depend on ``activations``. The two
+    shuffle at different grain (stored vectors vs corpus texts), so their SAEs differ: the field is
+    part of the ``sae`` code version."""
+    stream_layers_per_task: int | None = Field(default=None, ge=1, le=1024)
+    """stream only: layers trained together per worker (per SLURM array task); default all of the
+    run's layers in one. Size it to GPU memory: model weights + per layer of the group the SAE's
+    FP32 weights, gradients and Adam state (32 × d_in × d_sae bytes: 15.5 GB at 11008 → 44032)
+    and its step's [batch, d_sae] activations; on the host, one shuffle chunk per layer
+    (≤ shuffle_buffer_vectors × d_in × 2 bytes). Scheduling only: not in the code version (a layer's
+    SAE is the same whatever group it trains in)."""
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> SaeSection:
         if self.lr_warmup_steps + self.lr_decay_steps > self.steps:
             raise ValueError(
                 f"lr_warmup_steps + lr_decay_steps ({self.lr_warmup_steps} + {self.lr_decay_steps}) exceed steps ({self.steps})"
+            )
+        if self.stream_layers_per_task is not None and self.data_source != "stream":
+            raise ValueError(
+                "stream_layers_per_task is only for data_source: stream (drop it, or set data_source: stream)"
             )
         return self
 
@@ -274,8 +291,9 @@ class StorageSection(_Section):
         return value
 
 
-_PARTITION_SELECTING_FIELDS: dict[str, set[str]] = {"activations": {"layers"}}
-"""Fields that choose the partitions rather than what a partition holds (not in code versions)."""
+_PARTITION_SELECTING_FIELDS: dict[str, set[str]] = {"activations": {"layers"}, "sae": {"stream_layers_per_task"}}
+"""Fields that choose the partitions, or how they are scheduled, rather than what a partition
+holds (not in code versions)."""
 
 
 class ExperimentConfig(_Section):

@@ -462,10 +462,7 @@ def _trainer_config(config: ExperimentConfig):  # noqa: ANN202
 def _train_one_sae(ctx: TaskContext, layer: int, model, tokenizer) -> dict[str, Any]:  # noqa: ANN001
     """Train (or resume, or skip when already done for this config and data) one layer's SAE."""
     from interp_assets.core.hooks import transformer_lens_name
-    from interp_assets.core.plots import training_curves
-    from interp_assets.core.sae import save_sae
     from interp_assets.core.sae_data import ShardedActivations, ShuffledBatches
-    from interp_assets.core.sae_eval import ce_loss_recovered
     from interp_assets.core.sae_training import train_sae
 
     config, store = ctx.config, ctx.store
@@ -516,10 +513,23 @@ def _train_one_sae(ctx: TaskContext, layer: int, model, tokenizer) -> dict[str, 
         eval_vectors=data.held_out_vectors(),
         checkpoint_requested=_checkpoint_requested,
     )
+    return _publish_sae(ctx, layer, result, fingerprint, model, tokenizer)
+
+
+def _publish_sae(ctx: TaskContext, layer: int, result, fingerprint: str, model, tokenizer) -> dict[str, Any]:  # noqa: ANN001
+    """Evaluate a trained SAE (CE loss recovered), write its folder, drop its checkpoint."""
+    from interp_assets.core.plots import training_curves
+    from interp_assets.core.sae import save_sae
+    from interp_assets.core.sae_eval import ce_loss_recovered
+
+    config, store = ctx.config, ctx.store
+    out_relpath, checkpoint = saes_relpath(config, layer), sae_checkpoint_relpath(config, layer)
+    trainer_config = _trainer_config(config)
     sae = result.sae.cpu()
     final = result.history[-1]
     ce = ce_loss_recovered(model, tokenizer, _corpus_texts(config)[: config.sae.ce_eval_texts], layer,
                            config.activations.hook_point, sae.to(model.device), max_tokens=config.activations.corpus_seq_len)
+    sae = sae.cpu()
     summary = {
         "explained_variance": final["eval/explained_variance"],
         "explained_variance_train_batch": final["metrics/explained_variance"],
@@ -527,9 +537,10 @@ def _train_one_sae(ctx: TaskContext, layer: int, model, tokenizer) -> dict[str, 
         "dead_fraction": final["sparsity/dead_fraction"],
         "mse": final["losses/mse"],
         **ce,
-        "d_in": data.d_in,
+        "d_in": sae.spec.d_in,
         "d_sae": sae.spec.d_sae,
         "architecture": sae.spec.architecture,
+        "data_source": config.sae.data_source,
         "steps": trainer_config.steps,
         "resumed_from_step": result.resumed_from_step,
         "train_seconds": round(result.seconds, 3),
@@ -549,6 +560,134 @@ def _train_one_sae(ctx: TaskContext, layer: int, model, tokenizer) -> dict[str, 
     return summary
 
 
+def _stream_data_fingerprint(ctx: TaskContext, texts: list[str]) -> str:
+    """What a streamed SAE's data depends on: the model, how activations are taken (hook point,
+    dtype, corpus length and forward batch), and the corpus texts themselves."""
+    config = ctx.config
+    section = config.activations
+    parts = {
+        "data_source": "stream",
+        "model": config.model.model_dump(mode="json"),
+        "activations": section.model_dump(mode="json", include={"hook_point", "dtype", "batch_size", "corpus_seq_len"}),
+        "corpus_sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+        "stream_version": 1,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _stream_groups(config: ExperimentConfig, layers: list[int]) -> list[list[int]]:
+    size = config.sae.stream_layers_per_task or len(layers) or 1
+    return [layers[i : i + size] for i in range(0, len(layers), size)]
+
+
+def array_task_groups(task: str, partition_keys: list[str], config_payload: dict[str, Any]) -> list[list[str]]:
+    """How a compute backend splits a layer range of ``task`` into array tasks: one per layer,
+    except ``saes`` streamed from the model (``sae.data_source: stream``), one per group of
+    ``sae.stream_layers_per_task`` layers (default: the whole range in one), so that a group
+    shares one forward pass per batch. Partition keys stay strings, in the range's order."""
+    sae = config_payload.get("sae") or {}
+    if task == "saes" and sae.get("data_source") == "stream":
+        size = sae.get("stream_layers_per_task") or len(partition_keys) or 1
+        return [partition_keys[i : i + size] for i in range(0, len(partition_keys), size)]
+    return [[key] for key in partition_keys]
+
+
+def _train_sae_group_streamed(ctx: TaskContext, layers: list[int], model, tokenizer) -> dict[int, dict[str, Any]]:  # noqa: ANN001
+    """``sae.data_source: stream``: train the SAEs of ``layers`` side by side from one forward
+    pass of the model per batch (core/sae_stream.py); nothing is read from ``activations``."""
+    import torch
+
+    from interp_assets.core.hooks import transformer_lens_name
+    from interp_assets.core.modeling import DTYPES
+    from interp_assets.core.sae_stream import ActivationStream, Lockstep, plan_stream, train_in_lockstep
+    from interp_assets.core.sae_training import train_sae
+
+    config, store = ctx.config, ctx.store
+    trainer_config = _trainer_config(config)
+    texts = _corpus_texts(config)
+    data_fingerprint = _stream_data_fingerprint(ctx, texts)
+    fingerprint = trainer_config.fingerprint(data_fingerprint)
+    summaries: dict[int, dict[str, Any]] = {}
+    pending = []
+    for layer in layers:  # a retry skips layers that already finished for this config and data
+        out_relpath = saes_relpath(config, layer)
+        if store.is_complete_dir(out_relpath) and store.read_json(f"{out_relpath}/training.json").get("fingerprint") == fingerprint:
+            ctx.log(f"layer {layer}: SAE already trained for this config and data, skipped")
+            summaries[layer] = store.read_json(f"{out_relpath}/training.json")["summary"]
+        else:
+            pending.append(layer)
+    if not pending:
+        return summaries
+
+    # The group resumes only as a whole: every layer's checkpoint valid and at the same step (they
+    # are written at the same steps, so a mismatch means a layer's checkpoint was lost).
+    blobs: dict[int, bytes | None] = {}
+    steps = set()
+    for layer in pending:
+        path = sae_checkpoint_relpath(config, layer)
+        blob = store.read_bytes(path) if store.exists(path) else None
+        step = None
+        if blob is not None:
+            try:
+                import io
+
+                state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+                step = state["step"] if state.get("fingerprint") == fingerprint else None
+            except Exception:  # noqa: BLE001 - an unreadable checkpoint means: start over
+                step = None
+        blobs[layer] = blob
+        steps.add(step)
+    if len(steps) != 1:
+        ctx.log(f"WARNING: layers {pending}: their checkpoints are not all at one step ({sorted(map(str, steps))}); "
+                "the group restarts from step 0")
+        blobs = {layer: None for layer in pending}
+
+    section = config.activations
+    stream_plan = plan_stream(tokenizer, texts, section.corpus_seq_len, config.sae.eval_vectors,
+                              config.sae.shuffle_buffer_vectors)
+    stream = ActivationStream(model, tokenizer, pending, section.hook_point, stream_plan,
+                              max_tokens=section.corpus_seq_len, forward_batch_size=section.batch_size,
+                              dtype=DTYPES[section.dtype], seed=trainer_config.seed)
+    lockstep = Lockstep(stream, trainer_config.batch_size, checkpoint_requested=_checkpoint_requested)
+    eval_vectors = stream.eval_vectors()
+    ctx.log(f"layers {pending}: training {trainer_config.architecture} SAEs {stream.d_in}→"
+            f"{stream.d_in * trainer_config.expansion_factor} from the model's stream ({len(stream_plan.train_texts)} "
+            f"texts, {stream_plan.n_train_vectors} vectors per epoch, {stream.n_chunks} chunks of "
+            f"{stream_plan.chunk_texts} texts), {trainer_config.steps} steps, one forward pass per batch for all")
+    import threading
+
+    log_lock = threading.Lock()
+
+    def train_one(layer: int, batches, checkpoint_requested):  # noqa: ANN001, ANN202
+        def log(message: str) -> None:
+            with log_lock:
+                ctx.log(f"layer {layer}: {message}")
+
+        path = sae_checkpoint_relpath(config, layer)
+        metadata = {
+            "model_name": config.model.name,
+            "hook_name": transformer_lens_name(section.hook_point, layer),
+            "hook_point": section.hook_point,
+            "layer": layer,
+            "context_size": section.corpus_seq_len,
+            "dataset_path": f"stream:{section.corpus_path or 'generated corpus'}",
+        }
+        return train_sae(
+            batches, trainer_config, data_fingerprint=data_fingerprint, metadata=metadata,
+            device=model.device, load_checkpoint=lambda: blobs[layer],
+            save_checkpoint=lambda blob: store.write_bytes(path, blob), log=log,
+            eval_vectors=eval_vectors[layer], checkpoint_requested=checkpoint_requested,
+        )
+
+    results = train_in_lockstep(lockstep, train_one)
+    ctx.log(f"layers {pending}: {stream.forward_passes} forward passes, {stream.tokens_forwarded} tokens for "
+            f"{len(pending)} layers")
+    for layer in pending:
+        summaries[layer] = _publish_sae(ctx, layer, results[layer], fingerprint, model, tokenizer)
+        summaries[layer]["stream_forward_passes"] = stream.forward_passes
+    return summaries
+
+
 def task_saes(ctx: TaskContext) -> TaskResult:
     """Phase 3: one SAE per layer of the run, one after another in this worker."""
     from interp_assets.core.plots import png_markdown
@@ -556,8 +695,15 @@ def task_saes(ctx: TaskContext) -> TaskResult:
     model, tokenizer = load_model(ctx)
     layers = sorted(int(key) for key in ctx.partition_keys)
     summaries, partitions = {}, {}
+    if ctx.config.sae.data_source == "stream":
+        trained = {}
+        for group in _stream_groups(ctx.config, layers):
+            trained.update(_train_sae_group_streamed(ctx, group, model, tokenizer))
     for layer in layers:
-        summary = _train_one_sae(ctx, layer, model, tokenizer)
+        if ctx.config.sae.data_source == "stream":
+            summary = trained[layer]
+        else:
+            summary = _train_one_sae(ctx, layer, model, tokenizer)
         summaries[str(layer)] = summary
         png = ctx.store.read_bytes(f"{saes_relpath(ctx.config, layer)}/training_curve.png")
         partitions[str(layer)] = {

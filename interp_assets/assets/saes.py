@@ -32,12 +32,27 @@ def sae_checks(metadata: dict, min_explained_variance: float, max_dead_fraction:
     ]
 
 
+def upstream(config: ExperimentConfig) -> tuple[list[str], tuple[str, ...]]:
+    """(deps, config sections in the code version) for the configured data source.
+
+    cached: trained from the stored ``activations``, whose data version carries the model, corpus
+    and capture settings, so only ``sae`` is read directly. stream: the worker runs the model on
+    the corpus itself, so ``activations`` is no dependency (it need never be materialized) and the
+    sections that define the stream (``experiment`` seeds the generated corpus; ``activations``
+    holds hook point, corpus and dtype) join the code version instead."""
+    if config.sae.data_source == "stream":
+        return ["language_model"], ("experiment", "activations", "sae")
+    return ["activations", "language_model"], ("sae",)
+
+
 def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
+    deps, sections = upstream(config)
+
     @dg.asset(
         partitions_def=layer_partitions(config),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=["activations", "language_model"],
-        code_version=code_version(config, LOGIC_VERSION, "sae"),
+        deps=deps,
+        code_version=code_version(config, LOGIC_VERSION, *sections),
         group_name="study",
         kinds={"pytorch", "safetensors"},
         pool="compute",
