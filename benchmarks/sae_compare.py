@@ -312,7 +312,10 @@ def run_children(trainers: list[str], arch: str, shard: Path, args, lockstep: bo
             if line.startswith("RESULT "):
                 results[trainer] = json.loads(line[len("RESULT "):])
         if child.wait() != 0 or trainer not in results:
-            raise RuntimeError(f"{trainer} failed (rc {child.returncode}); see {logs / f'{arch}-{trainer}.stderr'}")
+            # Recorded, not raised: a competitor that cannot run a shape here is a result too.
+            why = f"exit code {child.returncode}" + (" (SIGKILL: out of memory, see dmesg)" if child.returncode == -9 else "")
+            tail = (logs / f"{arch}-{trainer}.stderr").read_text()[-400:]
+            results[trainer] = {"trainer": trainer, "failed": why, "stderr_tail": tail}
         return False
 
     if lockstep:
@@ -330,6 +333,9 @@ def run_children(trainers: list[str], arch: str, shard: Path, args, lockstep: bo
             until_tick_or_result(trainer, child)
     for trainer in trainers:
         record = results[trainer]
+        if "failed" in record:
+            print(f"    {trainer}: FAILED, {record['failed']}", flush=True)
+            continue
         record["matmul_gflops_after"] = round(matmul_gflops(args.device, args.threads), 1)
         print(f"    {trainer}: {record['steps_per_s']:.4f} steps/s, R² {record['heldout_explained_variance']:.3f}, "
               f"peak {record.get('peak_cuda_allocated_mib', record['peak_rss_mib']):.0f} MiB, "
@@ -341,7 +347,11 @@ def summarise(arch: str, runs: dict[str, list[dict]], args) -> dict:
     competitor = COMPETITOR[arch]
     d_sae = args.d_in * args.expansion
     summary: dict = {}
-    for trainer, records in runs.items():
+    for trainer, all_records in runs.items():
+        records = [r for r in all_records if "failed" not in r]
+        if not records:
+            summary[trainer] = {"failed": [r["failed"] for r in all_records], "steps_per_s": None}
+            continue
         rate = statistics.median(r["steps_per_s"] for r in records)
         peak = max(r.get("peak_cuda_allocated_mib", r["peak_rss_mib"]) for r in records)
         summary[trainer] = {
@@ -379,7 +389,8 @@ def summarise(arch: str, runs: dict[str, list[dict]], args) -> dict:
                    "timing": args.timing, "steps_per_s_is": "window / median window time, first window dropped",
                    "vectors": args.vectors, "held_out": args.held_out,
                    "data": "synthetic: 32 active atoms of a random unit-norm dictionary + 10 % noise, mean norm √d_in"},
-        "ratio_ours_over_competitor_steps_per_s": round(summary["ours"]["steps_per_s"] / summary[competitor]["steps_per_s"], 3),
+        "ratio_ours_over_competitor_steps_per_s": round(summary["ours"]["steps_per_s"] / summary[competitor]["steps_per_s"], 3)
+        if summary["ours"]["steps_per_s"] and summary[competitor]["steps_per_s"] else None,
         "target_ratio": 1.5 if arch == "relu" else 1.0,
         "dense_step_gflop": round(dense_flop / 1e9, 1),
         "hardware_limit_gflops": args.peak_gflops,

@@ -29,7 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from interp_assets.core.sae_data import ShardedActivations, ShuffledBatches  # noqa: E402
-from interp_assets.core.sae_training import TrainerConfig, _losses, _make_optimizer, l1_at, train_sae  # noqa: E402
+from interp_assets.core.sae_training import (  # noqa: E402
+    TrainerConfig,
+    _losses,
+    _make_optimizer,
+    _remove_parallel_gradient,
+    _standard_step_gradients,
+    l1_at,
+    train_sae,
+)
 
 
 def machine_info(device: str) -> dict:
@@ -71,11 +79,19 @@ def time_step_phases(data: ShardedActivations, config: TrainerConfig, device: st
         marks = [time.perf_counter()]
         x = next(stream)[0].to(device, torch.float32)
         sync(device); marks.append(time.perf_counter())
-        loss, _, _ = _losses(sae, x, config, l1_at(1000, config), dead)
+        if config.architecture == "standard":
+            # The trainer's ReLU path: forward and backward in one hand-written pass ("forward"
+            # holds both, "backward" is 0).
+            _standard_step_gradients(sae, x, l1_at(1000, config))
+            sync(device); marks.append(time.perf_counter())
+        else:
+            loss, _, _ = _losses(sae, x, config, l1_at(1000, config), dead)
+            sync(device); marks.append(time.perf_counter())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         sync(device); marks.append(time.perf_counter())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        sync(device); marks.append(time.perf_counter())
+        if config.architecture == "topk":
+            _remove_parallel_gradient(sae)
         torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
         sync(device); marks.append(time.perf_counter())
         optimizer.step()
