@@ -52,11 +52,18 @@ def run_tags(config: ExperimentConfig) -> dict[str, str]:
     }
 
 
-def with_automation(assets: list[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
+def not_automated(config: ExperimentConfig) -> set[str]:
+    """Assets the sensor leaves alone. With ``sae.data_source: stream`` nothing needs the stored
+    ``activations`` (hundreds of GB per study at 3B widths): it can still be materialized by
+    hand, but is never launched because it is missing."""
+    return NOT_AUTOMATED | ({"activations"} if config.sae.data_source == "stream" else set())
+
+
+def with_automation(assets: list[dg.AssetsDefinition], skip: set[str] = NOT_AUTOMATED) -> list[dg.AssetsDefinition]:
     condition = rematerialize_when_stale()
 
     def add_condition(spec: dg.AssetSpec) -> dg.AssetSpec:
-        if spec.key.to_user_string() in NOT_AUTOMATED:
+        if spec.key.to_user_string() in skip:
             return spec
         return spec.replace_attributes(automation_condition=condition)
 
@@ -66,7 +73,7 @@ def with_automation(assets: list[dg.AssetsDefinition]) -> list[dg.AssetsDefiniti
 def automation_sensor(config: ExperimentConfig) -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         "rematerialize_stale",
-        target=dg.AssetSelection.all() - dg.AssetSelection.assets(*NOT_AUTOMATED),
+        target=dg.AssetSelection.all() - dg.AssetSelection.assets(*not_automated(config)),
         default_status=(
             dg.DefaultSensorStatus.RUNNING if config.automation.enabled else dg.DefaultSensorStatus.STOPPED
         ),

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from interp_assets.assets import PHASES
-from interp_assets.automation import automation_sensor, with_automation
+from interp_assets.automation import automation_sensor, not_automated, with_automation
 from interp_assets.config import load_config
 from resources.backend import compute_from_env
 
@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
     config = load_config(config_path)
-    assets = with_automation([definition for phase in PHASES for definition in phase.build(config)])
+    assets = with_automation([definition for phase in PHASES for definition in phase.build(config)], not_automated(config))
     return dg.Definitions(assets=assets, sensors=[automation_sensor(config)], resources={"compute": compute_from_env()})
 
 

@@ -57,7 +57,8 @@ def materialize_study(config_path: str | None, instance: dg.DagsterInstance) -> 
         run(["prompts", "baselines"], f"prompts + baselines [{behaviour}]", partition_key=behaviour)
     first, last = config.layer_keys[0], config.layer_keys[-1]
     range_tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
-    run(["activations"], f"activations [layers {first}..{last}, one run]", tags=range_tags)
+    if config.sae.data_source == "cached":  # stream: the SAE worker runs the model itself, nothing is stored
+        run(["activations"], f"activations [layers {first}..{last}, one run]", tags=range_tags)
     run(["saes"], f"saes [layers {first}..{last}, one run]", tags=range_tags)
     for behaviour in config.prompts.behaviours:
         run(["attribution_graphs", "interventions"], f"attribution + interventions [{behaviour}]", partition_key=behaviour)

@@ -70,6 +70,21 @@ def test_stream_mode_drops_the_activations_dependency_and_reads_the_stream_secti
     assert grouped == base
 
 
+def test_stream_mode_never_launches_activations_automatically(tmp_path: Path) -> None:
+    """Missing activations would be materialized by the sensor (newly missing); in stream mode
+    nothing needs them, so the sensor leaves them alone while saes stays automated."""
+    def automated(updates: dict) -> dict[str, bool]:
+        defs = build_definitions(write_config(tmp_path, updates, name=f"a{len(list(tmp_path.iterdir()))}.yaml"))
+        graph = defs.resolve_asset_graph()
+        sensor = defs.resolve_sensor_def("rematerialize_stale")
+        targeted = sensor.asset_selection.resolve(graph)
+        return {name: graph.get(dg.AssetKey(name)).automation_condition is not None and dg.AssetKey(name) in targeted
+                for name in ("activations", "saes")}
+
+    assert automated({}) == {"activations": True, "saes": True}
+    assert automated({"sae": STREAM}) == {"activations": False, "saes": True}
+
+
 def _stream_study(tmp_path: Path, tiny_model_storage: Path, sae: dict, name: str) -> Path:
     root = tmp_path / name
     root.mkdir()
