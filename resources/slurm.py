@@ -55,7 +55,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TASK = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 TERMINAL = {"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "CANCELLED",
-            "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED", "VANISHED"}
+            "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED", "VANISHED", "HELD"}
 RESUBMITTABLE = {"TIMEOUT", "PREEMPTED"}
 _EXPLAIN = {
     "FAILED": "the worker exited with an error",
@@ -68,6 +68,10 @@ _EXPLAIN = {
     "BOOT_FAIL": "the node failed to boot",
     "DEADLINE": "the job missed its deadline",
     "VANISHED": "the job left the queue without a recorded end state (too long between polls?)",
+    "HELD": ("SLURM requeued the job and holds it (seen after slurmctld restarts: a job whose batch step ended "
+             "while it was down is requeued with `launch failed requeued held`); it was cancelled so that nothing "
+             "runs unobserved. Outputs it published are complete (published atomically) and a rematerialization "
+             "reuses them"),
 }
 
 
@@ -536,6 +540,10 @@ class _Follower:
             t.missing_polls = 0
             t.info.update({k: v for k, v in row.items() if v and k != "state"})
             t.state = row["state"]
+            if t.state == "PENDING" and "held" in row.get("reason", "").lower():
+                # e.g. "launch failed requeued held": after slurmctld restarts, a job whose batch
+                # step ended while it was down can be requeued and held, and would wait forever.
+                t.state = "HELD"
 
     def status_failed(self, command: str, done: subprocess.CompletedProcess[str]) -> None:
         """A failed status call (a restarting slurmctld: ``Unable to contact slurm controller``):
@@ -592,6 +600,11 @@ class _Follower:
         failed = [t for t in self.tasks if t.state != "COMPLETED"]
         if not failed:
             return
+        held = sorted({t.slurm_id for t in failed if t.state == "HELD"})
+        if held:
+            done = self.compute.cluster_command(["scancel", *held])
+            self.context.log.warning(f"[slurm] held job(s) {' '.join(held)}: scancel "
+                                     f"({'ok' if done.returncode == 0 else done.stderr.strip()})")
         parts = []
         for t in failed:
             reason = _EXPLAIN.get(t.state, "").format(mem=self.job["mem"], task=self.task, bigger=_bigger(self.job["mem"]))
@@ -643,10 +656,32 @@ class _SlurmInvocation(dg.PipesClientCompletedInvocation):
         self._sessions = sessions
         self._partition_metadata = partition_metadata
 
+    def _reported(self, session: dg.PipesSession) -> list[Any]:
+        """What one session's worker reported, the LAST report per asset only: SLURM may run a job
+        again after it reported (requeued after a controller or node fault); the rerun finds the
+        published outputs and reports them once more."""
+        reported = list(session.get_reported_results())
+        keys = [r.asset_key if isinstance(r, dg.MaterializeResult) else None for r in reported]
+        latest = [r for i, r in enumerate(reported) if keys[i] is None or keys[i] not in keys[i + 1:]]
+        if len(latest) < len(reported):
+            session.context.log.warning(f"[slurm] the job reported {len(reported)} results for {len(latest)} asset(s): "
+                                        "SLURM ran it again after it reported (requeued after a fault); the last report counts")
+        return latest
+
     def get_results(self, *, implicit_materializations: bool = True) -> Sequence[Any]:
         if len(self._sessions) == 1:
-            return super().get_results(implicit_materializations=implicit_materializations)
-        reported = [r for s in self._sessions for r in s.get_reported_results()]
+            reported = self._reported(self._sessions[0])
+            if len(reported) == len(self._sessions[0].get_reported_results()):
+                return super().get_results(implicit_materializations=implicit_materializations)
+            results = [dg.MaterializeResult(asset_key=r.asset_key, metadata={**dict(r.metadata or {}), **self.metadata},
+                                            data_version=r.data_version, check_results=r.check_results, tags=r.tags)
+                       if isinstance(r, dg.MaterializeResult) else r for r in reported]
+            done = {r.asset_key for r in results if isinstance(r, dg.MaterializeResult)}
+            if implicit_materializations:
+                results += [dg.MaterializeResult(asset_key=key, metadata=self.metadata)
+                            for key in self._sessions[0].context.selected_asset_keys if key not in done]
+            return results
+        reported = [r for s in self._sessions for r in self._reported(s)]
         materializations: dict[dg.AssetKey, list[dg.MaterializeResult]] = {}
         others = []
         for result in reported:
@@ -668,7 +703,13 @@ class _SlurmInvocation(dg.PipesClientCompletedInvocation):
         return [*combined, *others]
 
     def get_custom_messages(self) -> Sequence[Any]:
-        messages = [m for s in self._sessions for m in s.get_custom_messages()]
+        # Per session, the last message of each shape (a job SLURM ran twice sends its per-partition
+        # metadata twice).
+        messages = []
+        for session in self._sessions:
+            shapes = [tuple(sorted(m)) if isinstance(m, dict) else None for m in session.get_custom_messages()]
+            messages += [m for i, m in enumerate(session.get_custom_messages())
+                         if shapes[i] is None or shapes[i] not in shapes[i + 1:]]
         if self._partition_metadata:
             messages.append({"partitions": self._partition_metadata})
         return messages
@@ -768,7 +809,7 @@ def _parse_squeue(text: str) -> dict[tuple[str, str | None], dict[str, str]]:
         else:
             key = (base, "pending-array")
         gpu = gres if "gpu" in gres else ""
-        rows[key] = {"state": state.split()[0], "node": node, "elapsed": elapsed, "gpu": gpu}
+        rows[key] = {"state": state.split()[0], "node": node, "elapsed": elapsed, "gpu": gpu, "reason": _reason}
     return rows
 
 

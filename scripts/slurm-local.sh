@@ -115,6 +115,8 @@ MinJobAge=300
 KillWait=5
 OverTimeLimit=0
 MailProg=/bin/true
+# A requeued job (e.g. after slurmctld or slurmd died under it) waits cred_expire+1 s, 121 s by default.
+AuthInfo=cred_expire=30
 MaxArraySize=10001
 ReturnToService=2
 SlurmdParameters=config_overrides

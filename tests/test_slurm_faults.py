@@ -13,6 +13,7 @@ Everything is skipped, with the script's reason, only when the cluster cannot st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -270,4 +271,163 @@ def test_a_job_past_its_time_limit_is_resubmitted_and_resumes_to_identical_weigh
     reference_sha = json.loads(expected.strip().splitlines()[-1])["partitions"][LAYER]["weights_sha256"]
     assert md["weights_sha256"].value == reference_sha, f"resumed at step {resumed}: weights differ from an uninterrupted run"
     assert assert_published_saes_are_complete(config_path) == {f"layer_{int(LAYER):03d}": reference_sha}
+
+
+
+
+# ---- 2. slurmctld / slurmd killed mid-job ------------------------------------------------------
+
+
+def logged(instance: dg.DagsterInstance, text: str) -> bool:
+    """Whether the (only) run in ``instance`` has logged ``text`` so far (read from another thread)."""
+    runs = instance.get_runs()
+    return bool(runs) and any(text in (entry.user_message or "") for entry in instance.all_logs(runs[0].run_id))
+
+
+def test_slurmctld_and_slurmd_killed_mid_job_are_ridden_out(study: Path, tmp_path: Path) -> None:
+    """SIGKILL slurmctld while the job trains; SlurmCompute's polls fail (``Unable to contact slurm
+    controller``) and keep going; slurmctld restarts and recovers the job from its saved state. Then
+    SIGKILL slurmd; the job's slurmstepd keeps it running; slurmd restarts and reattaches. The run
+    succeeds and the published SAE is complete, with the weights sha256 it recorded."""
+    config_path = copy_study(study, tmp_path / "slurm", {"steps": 1200, "checkpoint_every": 200})
+    before = {j["job_id"] for j in jobs()}
+    seen: dict[str, object] = {}
+
+    with dg.instance_for_test() as instance:
+        def crash_both_daemons() -> None:
+            job = wait_for("the job to run", lambda: next(
+                (j for j in jobs("ia-saes") if j["job_id"] not in before and j["state"] == "RUNNING"), None), every=0.5)
+            messages = wait_for("its Pipes message file",
+                                lambda: next((tmp_path / "slurm-logs").glob("*/saes/messages.jsonl"), None))
+            wait_for("training to get under way", lambda: training_step(messages) >= 100, timeout=240)
+            script("kill-daemon", "slurmctld")
+            # Down until SlurmCompute has seen it down (a status poll failed), then back.
+            wait_for("a failed status poll", lambda: logged(instance, "Unable to contact slurm controller"), timeout=240, every=1)
+            script("restart-daemon", "slurmctld")
+            wait_for("the polls to get answers again", lambda: logged(instance, "answers again after"), timeout=240, every=1)
+            seen["step_before_slurmd"] = training_step(messages)
+            script("kill-daemon", "slurmd")
+            # The job runs on without slurmd: its slurmstepd is a process of its own.
+            wait_for("training to go on without slurmd",
+                     lambda: training_step(messages) >= seen["step_before_slurmd"] + 100 or
+                     not any(j["job_id"] == job["job_id"] and j["state"] == "RUNNING" for j in jobs()), timeout=240)
+            script("restart-daemon", "slurmd")
+            seen["job"] = job["job_id"]
+
+        chaos = Background(crash_both_daemons)
+        chaos.start()
+        result = materialize(config_path, ["saes"], slurm(tmp_path), instance, partition_key=LAYER)
+        chaos.finish()
+        log = run_log(instance, result.run_id)
+    assert result.success, failure_text(result)
+    assert "[slurm] squeue failed" in log and "the controller may be restarting: polling again with backoff" in log
+    (job,) = [j for j in jobs("ia-saes") if j["job_id"] not in before]
+    assert job["job_id"] == seen["job"] and job["state"] == "COMPLETED", job
+    md = result.asset_materializations_for_node("saes")[0].metadata
+    assert md["slurm/state"].value == "COMPLETED" and md["slurm/job_id"].value == job["job_id"]
+    published = assert_published_saes_are_complete(config_path)
+    assert published == {f"layer_{int(LAYER):03d}": md["weights_sha256"].value}
+    assert script("status").returncode == 0  # both daemons are back and the node is usable
+
+
+def test_a_controller_down_past_the_grace_period_fails_clearly_and_nothing_partial_is_published(
+    study: Path, tmp_path: Path
+) -> None:
+    """slurmctld stays down longer than ``controller_grace_seconds``: the step fails saying so, with
+    SLURM's error and what to do. The job itself runs on; whatever it has published by then, and
+    after slurmctld is back, is complete and matches its recorded sha256; the rerun reuses it."""
+    config_path = copy_study(study, tmp_path / "slurm", {"steps": 1200, "checkpoint_every": 200})
+    before = {j["job_id"] for j in jobs()}
+    run_over = threading.Event()
+
+    def controller_stays_down() -> None:
+        job = wait_for("the job to run", lambda: next(
+            (j for j in jobs("ia-saes") if j["job_id"] not in before and j["state"] == "RUNNING"), None), every=0.5)
+        messages = wait_for("its Pipes message file",
+                            lambda: next((tmp_path / "slurm-logs").glob("*/saes/messages.jsonl"), None))
+        wait_for("training to get under way", lambda: training_step(messages) >= 100, timeout=240)
+        # The worker is frozen while slurmctld is away, so that the job cannot end meanwhile: SLURM
+        # 22.05 requeues and holds a job whose batch step ended while slurmctld was down, and may
+        # drain the node for it ("Duplicate jobid"), which is not what this test is about.
+        pid = wait_for("its worker process", lambda: worker_pid(job["job_id"]), timeout=30)
+        os.kill(pid, signal.SIGSTOP)
+        script("kill-daemon", "slurmctld")
+        try:
+            run_over.wait(600)
+            # While slurmctld is still down: nothing partial is visible (nothing is published yet).
+            assert assert_published_saes_are_complete(config_path) == {}
+        finally:
+            script("restart-daemon", "slurmctld")
+            with contextlib.suppress(ProcessLookupError):  # recovering, slurmctld may have ended it already
+                os.kill(pid, signal.SIGCONT)
+
+    chaos = Background(controller_stays_down)
+    chaos.start()
+    with dg.instance_for_test() as instance:
+        try:
+            failed = materialize(config_path, ["saes"], slurm(tmp_path, controller_grace_seconds=20), instance,
+                                 partition_key=LAYER)
+        finally:
+            run_over.set()
+        chaos.finish()
+        assert not failed.success
+        text = failure_text(failed)
+        assert "the SLURM controller did not answer squeue for" in text and "controller_grace_seconds=20" in text, text[-3000:]
+        assert "Unable to contact slurm controller" in text and "may still be running" in text, text[-3000:]
+
+        # slurmctld is back with the job (the scancel during the outage could not reach it). It
+        # ends (or is relaunched and ends), or, when its batch step ended while slurmctld was down, SLURM requeues and holds it
+        # ("launch failed requeued held"): an operator cancels it, as here.
+        (job,) = [j for j in jobs("ia-saes") if j["job_id"] not in before]
+
+        def settled() -> str | None:
+            out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job["job_id"], "-o", "%T|%r"], capture_output=True,
+                                 text=True, timeout=120).stdout.strip()
+            state, _, reason = out.partition("|")
+            return out if state not in ("", "PENDING", "RUNNING", "COMPLETING") or "held" in reason.lower() else None
+
+        ended = wait_for("the job to end or be held", settled, timeout=300, every=1)
+        if "held" in ended.lower():
+            subprocess.run(["scancel", job["job_id"]], check=True, timeout=120)
+        else:
+            # FAILED: relaunched after the step had failed, it found no Pipes context (removed with the session).
+            assert ended.split("|")[0] in ("COMPLETED", "CANCELLED", "FAILED"), ended
+        assert script("status", check=False).returncode == 0, "the node is not usable after slurmctld's restart"
+        published = assert_published_saes_are_complete(config_path)
+
+        rerun = materialize(config_path, ["saes"], slurm(tmp_path), instance, partition_key=LAYER)
+        assert rerun.success, failure_text(rerun)
+        md = rerun.asset_materializations_for_node("saes")[0].metadata
+        log = run_log(instance, rerun.run_id)
+    after = assert_published_saes_are_complete(config_path)
+    assert after == {f"layer_{int(LAYER):03d}": md["weights_sha256"].value}
+    if published:  # the orphaned job finished and published: the rerun reused it, bytes unchanged
+        assert published == after and f"layer {LAYER}: SAE already trained for this config and data, skipped" in log
+
+
+
+# ---- 3. out of memory under cgroups ---------------------------------------------------------
+# Last in the module: it restarts the cluster with task/cgroup (a fresh cluster).
+
+
+def test_under_cgroups_a_job_over_its_memory_ends_out_of_memory_and_is_not_resubmitted(study: Path, tmp_path: Path) -> None:
+    """Memory limits are enforced only with cgroups (``slurm-local.sh start --cgroup``: task/cgroup,
+    ConstrainRAMSpace). A baselines job with ``mem=150M`` (the worker needs more to import torch and
+    load the model) is killed by the kernel's cgroup OOM killer: SLURM says OUT_OF_MEMORY, the failure
+    says which setting to raise, and SlurmCompute does not resubmit it (only TIMEOUT/PREEMPTED are)."""
+    cluster("--cgroup")
+    config_path = copy_study(study, tmp_path / "slurm", {})
+    shutil.copytree(Path(load_config(study).storage.root) / "prompts", tmp_path / "slurm" / "storage" / "prompts")
+    compute = slurm(tmp_path, max_resubmits=3, overrides={"baselines": {"mem": "150M"}})
+    with dg.instance_for_test() as instance:
+        result = materialize(config_path, ["baselines"], compute, instance, partition_key="ioi")
+        log = run_log(instance, result.run_id)
+    assert not result.success
+    (job,) = jobs("ia-baselines")  # a fresh cluster: only this job, never resubmitted
+    assert job["state"] == "OUT_OF_MEMORY", job
+    text = failure_text(result)
+    assert f"baselines: SLURM job {job['job_id']} ended OUT_OF_MEMORY" in text, text[-3000:]
+    assert "--mem=150M" in text and "raise `mem` for this task (SlurmCompute.overrides.baselines.mem, e.g. 300M)" in text
+    assert "resubmitting" not in log and log.count("[slurm] submitted baselines as job") == 1
+    assert not (tmp_path / "slurm" / "storage" / "baselines" / "ioi.parquet").exists()
 
