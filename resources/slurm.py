@@ -289,9 +289,12 @@ class SlurmCompute(ComputeResource):
         keys = list(extras.get("partition_keys") or [])
         run_dir = Path(self.log_dir) / context.run.run_id / task
         run_dir.mkdir(parents=True, exist_ok=True)
-        as_array = task in self.array_tasks and len(keys) > 1
+        from interp_assets.worker import array_task_groups  # the worker decides what one task trains
+
+        groups = array_task_groups(task, keys, extras.get("config") or {}) if task in self.array_tasks else [keys]
+        as_array = len(groups) > 1
         if as_array:
-            tasks = [_Task(i, [k], f"{task}[{k}]") for i, k in enumerate(keys)]
+            tasks = [_Task(i, group, f"{task}[{','.join(group)}]") for i, group in enumerate(groups)]
         else:
             tasks = [_Task(None, keys, task)]
 
@@ -642,7 +645,7 @@ class _Follower:
                 "slurm/log_dir": dg.MetadataValue.path(str(self.run_dir))}
 
     def partition_metadata(self) -> dict[str, dict[str, Any]]:
-        return {t.partition_keys[0]: self.task_metadata(t) for t in self.tasks}
+        return {key: self.task_metadata(t) for t in self.tasks for key in t.partition_keys}
 
 
 class _SlurmInvocation(dg.PipesClientCompletedInvocation):

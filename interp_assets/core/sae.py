@@ -81,7 +81,10 @@ class SparseAutoencoder(nn.Module):
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         # (x − b_dec) W_enc + b_enc, with b_dec folded into the bias: b_dec's gradient is then a
         # vector-matrix product, not the [B, d_in] matmul that differentiating x − b_dec costs.
-        return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc)  # [B, d_sae]
+        bias = self.b_enc - self.b_dec @ self.W_enc
+        if x.dim() == 2:
+            return torch.addmm(bias, x, self.W_enc)  # [B, d_sae]
+        return x @ self.W_enc + bias  # [..., d_sae]: callers that keep batch and position dims
 
     def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """TopK only: (values [B, k], indices [B, k]) of the active features."""
@@ -91,7 +94,7 @@ class SparseAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.architecture == "topk":
             values, indices = self.encode_sparse(x)
-            return torch.zeros(x.shape[0], self.spec.d_sae, dtype=values.dtype, device=x.device).scatter_(
+            return torch.zeros(*x.shape[:-1], self.spec.d_sae, dtype=values.dtype, device=x.device).scatter_(
                 -1, indices, values
             )
         return F.relu(self.pre_acts(x))
