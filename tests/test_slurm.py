@@ -18,6 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from helpers import PROJECT_ROOT, seed_tiny_model, write_config
+from slurm_cluster import cluster, failure_text, materialize, run_log, slurm, stop_cluster
 
 from interp_assets.config import load_config
 from interp_assets.definitions import build_definitions
@@ -27,24 +28,16 @@ from resources.slurm import SlurmCompute, SlurmConfigError
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-SCRIPT = PROJECT_ROOT / "scripts" / "slurm-local.sh"
 # Short SAE runs: the point here is the plumbing, not the quality bar (tested in test_pipeline).
 TINY_SAE = {"sae": {"steps": 40, "checkpoint_every": 20, "log_every": 10, "lr_warmup_steps": 5, "lr_decay_steps": 10,
                     "l1_warmup_steps": 10, "dead_window_steps": 20, "eval_vectors": 512, "ce_eval_texts": 8,
                     "min_explained_variance": 0.0, "max_dead_fraction": 1.0}}
 
 
-def cluster(*flags: str) -> None:
-    """Start the local cluster in this mode (a no-op when it already runs so)."""
-    done = subprocess.run(["bash", str(SCRIPT), "start", *flags], capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        pytest.skip(f"the local SLURM cluster did not start ({' '.join(flags) or 'plain'}): {done.stderr.strip()[-800:]}")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _cluster_lifetime():  # noqa: ANN202
     yield
-    subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=120)
+    stop_cluster()
 
 
 def jobs(*ids: str) -> list[dict[str, str]]:
@@ -57,28 +50,8 @@ def jobs(*ids: str) -> list[dict[str, str]]:
     return [dict(zip(keys, line.split("|"), strict=True)) for line in out.split()]
 
 
-def run_log(instance: dg.DagsterInstance, run_id: str) -> str:
-    return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
-
-
-def failure_text(result: dg.ExecuteInProcessResult) -> str:
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    return failure.event_specific_data.error.to_string()
-
-
 def layer_range(first: str, last: str) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
-
-
-def materialize(config_path: Path, selection: list[str], compute: object, instance: dg.DagsterInstance,
-                **kwargs: object) -> dg.ExecuteInProcessResult:
-    defs = build_definitions(config_path)
-    return dg.materialize(list(defs.assets), selection=selection, instance=instance,
-                          resources={"compute": compute}, raise_on_error=False, **kwargs)
-
-
-def slurm(tmp: Path, **settings: object) -> SlurmCompute:
-    return SlurmCompute(log_dir=str(tmp / "slurm-logs"), poll_seconds=0.5, max_poll_seconds=3.0, **settings)
 
 
 @pytest.fixture(scope="module")

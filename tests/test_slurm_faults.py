@@ -29,9 +29,9 @@ import dagster as dg
 import pytest
 import torch
 from helpers import PROJECT_ROOT, seed_tiny_model, write_config
+from slurm_cluster import SCRIPT, cluster, failure_text, materialize, run_log, slurm, stop_cluster
 
 from interp_assets.config import load_config
-from interp_assets.definitions import build_definitions
 from interp_assets.worker import sae_checkpoint_relpath, saes_relpath
 from resources.compute import LocalCompute
 from resources.slurm import SlurmCompute
@@ -39,7 +39,6 @@ from resources.storage import sha256_file
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-SCRIPT = PROJECT_ROOT / "scripts" / "slurm-local.sh"
 LAYER = "1"
 SAE = {"log_every": 50, "lr_warmup_steps": 20, "lr_decay_steps": 100, "l1_warmup_steps": 100, "dead_window_steps": 200,
        "eval_vectors": 512, "ce_eval_texts": 8, "min_explained_variance": 0.0, "max_dead_fraction": 1.0}
@@ -52,17 +51,10 @@ def script(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def cluster(*flags: str) -> None:
-    """Start the local cluster in this mode (a no-op when it already runs so)."""
-    done = script("start", *flags, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"the local SLURM cluster did not start ({' '.join(flags) or 'plain'}): {done.stderr.strip()[-800:]}")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _cluster_lifetime():  # noqa: ANN202
     yield
-    subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=120)
+    stop_cluster()
 
 
 def jobs(name: str | None = None) -> list[dict[str, str]]:
@@ -70,26 +62,6 @@ def jobs(name: str | None = None) -> list[dict[str, str]]:
     out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%A|%j|%T"], capture_output=True, text=True, timeout=120).stdout
     rows = [dict(zip(("job_id", "name", "state"), line.split("|"), strict=True)) for line in out.split()]
     return sorted((r for r in rows if name is None or r["name"] == name), key=lambda r: int(r["job_id"]))
-
-
-def run_log(instance: dg.DagsterInstance, run_id: str) -> str:
-    return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
-
-
-def failure_text(result: dg.ExecuteInProcessResult) -> str:
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    return failure.event_specific_data.error.to_string()
-
-
-def materialize(config_path: Path, selection: list[str], compute: object, instance: dg.DagsterInstance,
-                **kwargs: object) -> dg.ExecuteInProcessResult:
-    defs = build_definitions(config_path)
-    return dg.materialize(list(defs.assets), selection=selection, instance=instance,
-                          resources={"compute": compute}, raise_on_error=False, **kwargs)
-
-
-def slurm(tmp: Path, **settings: object) -> SlurmCompute:
-    return SlurmCompute(log_dir=str(tmp / "slurm-logs"), poll_seconds=0.5, max_poll_seconds=3.0, **settings)
 
 
 @pytest.fixture(scope="module")

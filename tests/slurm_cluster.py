@@ -1,0 +1,48 @@
+"""What the SLURM test modules share: the local cluster script, starting it, and running assets
+through SlurmCompute."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from helpers import PROJECT_ROOT
+
+from interp_assets.definitions import build_definitions
+from resources.slurm import SlurmCompute
+
+SCRIPT = PROJECT_ROOT / "scripts" / "slurm-local.sh"
+
+
+def cluster(*flags: str) -> None:
+    """Start the local cluster in this mode (a no-op when it already runs so); skip, with the
+    script's reason, when it cannot start (not root, no apt)."""
+    done = subprocess.run(["bash", str(SCRIPT), "start", *flags], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.skip(f"the local SLURM cluster did not start ({' '.join(flags) or 'plain'}): {done.stderr.strip()[-800:]}")
+
+
+def stop_cluster() -> None:
+    subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=120)
+
+
+def run_log(instance: dg.DagsterInstance, run_id: str) -> str:
+    return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return failure.event_specific_data.error.to_string()
+
+
+def materialize(config_path: Path, selection: list[str], compute: object, instance: dg.DagsterInstance,
+                **kwargs: object) -> dg.ExecuteInProcessResult:
+    defs = build_definitions(config_path)
+    return dg.materialize(list(defs.assets), selection=selection, instance=instance,
+                          resources={"compute": compute}, raise_on_error=False, **kwargs)
+
+
+def slurm(tmp: Path, **settings: object) -> SlurmCompute:
+    return SlurmCompute(log_dir=str(tmp / "slurm-logs"), poll_seconds=0.5, max_poll_seconds=3.0, **settings)
