@@ -8,9 +8,14 @@ runs the worker as a subprocess here; the SLURM backend submits the same command
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,42 @@ def secret_names_in(env: dict[str, str], field: str) -> str | None:
             "and SLURM scripts store it). Export them in the environment that starts Dagster (workers and "
             "locally submitted jobs inherit it) or in your login environment on the cluster, or keep them in "
             "a credentials file, and remove them here")
+
+
+def tail_whole_lines(path: str, should_stop: Callable[[], bool]) -> Iterator[str]:
+    """Lines appended to ``path`` as they complete, until ``should_stop()`` and nothing is left.
+
+    Dagster's own tail yields whatever ``readline`` returns, and a message the worker is still
+    writing (a materialization with a figure is tens of kB, written in several system calls) then
+    arrives cut in two and fails to parse: the message is lost and the step fails. Here a line
+    is held back until its newline arrives."""
+    pending = ""
+    with open(path, encoding="utf-8") as stream:
+        while True:
+            chunk = stream.readline()
+            if chunk:
+                pending += chunk
+                if pending.endswith("\n"):
+                    yield pending
+                    pending = ""
+            elif should_stop():
+                if pending:  # the writer is gone: an unterminated last line is all there will be
+                    yield pending
+                return
+            else:
+                time.sleep(0.01)
+
+
+class WholeLineFileMessageReader(dg.PipesFileMessageReader):
+    """Dagster's file message reader, parsing each message only once its line is complete."""
+
+    def _reader_thread(self, handler: Any, is_resource_complete: threading.Event) -> None:
+        try:
+            for line in tail_whole_lines(self._path, is_resource_complete.is_set):
+                handler.handle_message(json.loads(line))
+        except BaseException:
+            handler.report_pipes_framework_exception(f"{self.__class__.__name__} reader thread", sys.exc_info())
+            raise
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -71,5 +112,9 @@ class LocalCompute(ComputeResource):
             env["INTERP_ASSETS_TORCH_THREADS"] = str(self.torch_threads)
         # The worker must import this checkout's packages even when the step runs from elsewhere.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-        client = dg.PipesSubprocessClient(env=env, cwd=str(PROJECT_ROOT))
-        return client.run(command=self.worker_command(task), context=context, extras=extras)
+        with tempfile.TemporaryDirectory(prefix="interp-assets-pipes-") as messages:
+            client = dg.PipesSubprocessClient(
+                env=env, cwd=str(PROJECT_ROOT),
+                message_reader=WholeLineFileMessageReader(os.path.join(messages, "messages.jsonl")),
+            )
+            return client.run(command=self.worker_command(task), context=context, extras=extras)

@@ -38,7 +38,13 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from resources.compute import PROJECT_ROOT, WORKER_MODULE, ComputeResource, secret_names_in
+from resources.compute import (
+    PROJECT_ROOT,
+    WORKER_MODULE,
+    ComputeResource,
+    WholeLineFileMessageReader,
+    secret_names_in,
+)
 
 # Values SLURM accepts and a shell cannot misread. Partitions/accounts/QOS: SLURM names.
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -305,7 +311,7 @@ class SlurmCompute(ComputeResource):
                 sessions.append(stack.enter_context(dg.open_pipes_session(
                     context,
                     dg.PipesFileContextInjector(str(run_dir / f"context{suffix}.json")),
-                    dg.PipesFileMessageReader(str(run_dir / f"messages{suffix}.jsonl")),
+                    WholeLineFileMessageReader(str(run_dir / f"messages{suffix}.jsonl")),
                     extras={**extras, "partition_keys": t.partition_keys},
                 )))
             script = self.render_script(task, [s.get_bootstrap_env_vars() for s in sessions], as_array)
