@@ -13,12 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from helpers import wait_for
 
 POOL = "compute"
 BLOCKED = f"Step blocked by limit for pool {POOL}"
@@ -62,16 +61,6 @@ def slot_holders(instance: dg.DagsterInstance) -> set[str]:
     return {slot.run_id for slot in instance.event_log_storage.get_concurrency_info(POOL).claimed_slots}
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 300, interval: float = 0.2) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def run_log(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogEntry]:
     return list(instance.all_logs(run_id))
 
@@ -111,7 +100,7 @@ def pause_slot_holder(instance: dg.DagsterInstance, root_pid: int, run_ids: set[
         pids = worker_pids(root_pid, task)
         return (holders.pop(), pids[0]) if holders and pids else None
 
-    holder, pid = wait_for(holder_with_worker, f"a run of {sorted(run_ids)} to hold pool {POOL} with its worker")
+    holder, pid = wait_for(f"a run of {sorted(run_ids)} to hold pool {POOL} with its worker", holder_with_worker)
     try:
         os.kill(pid, signal.SIGSTOP)
     except ProcessLookupError:
@@ -182,12 +171,12 @@ def cli_runs_take_turns(instance: dg.DagsterInstance, home: Path, config_path: P
     first = start("first")
     second = paused = None
     try:
-        first_run = wait_for(lambda: next(iter(new_runs()), None), "the first run to be created")
+        first_run = wait_for("the first run to be created", lambda: next(iter(new_runs()), None))
         # The first run's step holds the slot and its worker is paused there: the runs overlap.
         paused = pause_slot_holder(instance, first.pid, {first_run}, "baselines")
         second = start("second")
-        second_run = wait_for(lambda: next(iter(new_runs() - {first_run}), None), "the second run to be created")
-        wait_for(lambda: was_blocked(instance, second_run), f"'{BLOCKED}' in the second run's log")
+        second_run = wait_for("the second run to be created", lambda: next(iter(new_runs() - {first_run}), None))
+        wait_for(f"'{BLOCKED}' in the second run's log", lambda: was_blocked(instance, second_run))
         assert slot_holders(instance) == {first_run}
     finally:
         if paused is not None:

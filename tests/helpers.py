@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,13 @@ def grow_filesystem(mount_point: Path, size: str) -> None:
     import subprocess
 
     subprocess.run(["mount", "-o", f"remount,size={size}", str(mount_point)], check=True)
+
+
+def wait_for(what: str, condition: Callable[[], object], timeout: float = 300, every: float = 0.1) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

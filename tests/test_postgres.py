@@ -200,7 +200,7 @@ def test_two_runs_of_one_partition_launched_at_once_through_the_daemon(lab: Lab,
             return (was_blocked(instance, waiter)
                     or f"Run {waiter} is blocked by global concurrency limits" in dev.log_tail(200_000))
 
-        wait_for(waiting, f"run {waiter} to wait for pool compute\n{dev.log_tail()}")
+        wait_for(f"run {waiter} to wait for pool compute\n{dev.log_tail()}", waiting)
         print(f"{waiter} waits {'in its step' if was_blocked(instance, waiter) else 'in the queue'}; "
               f"{paused.holder} holds the pool")
         assert slot_holders(instance) == {paused.holder}

@@ -21,14 +21,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import torch
-from helpers import PROJECT_ROOT, seed_tiny_model, write_config
+from helpers import PROJECT_ROOT, seed_tiny_model, wait_for, write_config
 from slurm_cluster import SCRIPT, cluster, failure_text, materialize, run_log, slurm, stop_cluster
 
 from interp_assets.config import load_config
@@ -117,16 +116,6 @@ def training_step(messages: Path) -> int:
             text = json.loads(line)["params"]["message"]
             step = int(text.split(": step ")[1].split("/")[0])
     return step
-
-
-def wait_for(what: str, condition: Callable[[], object], timeout: float = 300, every: float = 0.1) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Background(threading.Thread):
