@@ -47,18 +47,18 @@ from resources.compute import (
 )
 
 # Values SLURM accepts and a shell cannot misread. Partitions/accounts/QOS: SLURM names.
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_NAME_LIST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(,[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})*$")
-_GRES = re.compile(r"^[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+){0,2}(,[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+){0,2})*$")
-_MEM = re.compile(r"^[1-9][0-9]{0,9}[KMGT]?$")
-_TIME = re.compile(r"^(?:(\d{1,3})-)?(\d{1,5})(?::(\d{1,2}))?(?::(\d{1,2}))?$")
-_MODULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+/-]{0,127}$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
-_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
-_COMMAND = re.compile(r"^[A-Za-z0-9_./+-]{1,4096}$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
+_NAME_LIST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(,[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})*\Z")
+_GRES = re.compile(r"^[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+){0,2}(,[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+){0,2})*\Z")
+_MEM = re.compile(r"^[1-9][0-9]{0,9}[KMGT]?\Z")
+_TIME = re.compile(r"^(?:(\d{1,3})-)?(\d{1,5})(?::(\d{1,2}))?(?::(\d{1,2}))?\Z")
+_MODULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+/-]{0,127}\Z")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}\Z")
+_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
+_COMMAND = re.compile(r"^[A-Za-z0-9_./+-]{1,4096}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_TASK = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_TASK = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 
 TERMINAL = {"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "CANCELLED",
             "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED", "VANISHED", "HELD"}

@@ -10,7 +10,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from resources.slurm import SlurmCompute, SlurmConfigError
@@ -58,6 +58,14 @@ def _unquoted_or_double_quoted(line: str, start: int) -> bool:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(STRING_FIELDS), value=VALUES, env_value=st.one_of(st.none(), VALUES))
+# A trailing newline slips past a Python regex anchored with $ (CI found partition="0\n").
+@example(field="partition", value="0\n", env_value=None)
+@example(field="mem", value="4G\n", env_value=None)
+@example(field="time", value="10\n", env_value=None)
+@example(field="python", value="python3\n", env_value=None)
+@example(field="ssh_host", value="login1\n", env_value=None)
+@example(field="account", value="a", env_value="x\n")
+@example(field="venv", value="/opt/$(id)/`id`", env_value="$HOME")  # a double-quoted value would expand
 def test_every_slurm_string_is_refused_naming_its_field_or_reaches_the_script_quoted(
     field: str, value: str, env_value: str | None
 ) -> None:
@@ -91,15 +99,19 @@ def test_every_slurm_string_is_refused_naming_its_field_or_reaches_the_script_qu
         substitute["safe1"] = env_value
     expected = [[_replace_all(word, substitute) for word in line] for line in _words(plain)]
     assert _words(script) == expected, script
-    for accepted in filter(None, [value if replaced else None, env_value]):
-        if "$" in accepted or "`" in accepted:  # only inside single quotes, where nothing expands
-            for line in script.splitlines():
-                for found in re.finditer(re.escape(accepted), line):
-                    assert not _unquoted_or_double_quoted(line, found.start()), line
+    # Any $ or ` the value brought sits inside single quotes, where nothing expands: each line has
+    # exactly as many expanding ones as the plain script's (which has its own, e.g. ${SLURM_JOB_ID}).
+    for line, plain_line in zip(script.splitlines(), plain.splitlines(), strict=True):
+        assert _expanding(line) == _expanding(plain_line), line
     argv = compute.sbatch_args("saes", compute.job_settings("saes"), Path("/tmp/run"), None)
     assert all("\n" not in arg for arg in argv)
     if compute.ssh_host:  # the login node's shell sees one string: it must split back into argv
         assert shlex.split(shlex.join(argv)) == argv
+
+
+def _expanding(line: str) -> int:
+    """How many $ and ` in ``line`` a shell would expand (those outside single quotes)."""
+    return sum(_unquoted_or_double_quoted(line, found.start()) for found in re.finditer(r"[$`]", line))
 
 
 def _replace_all(word: str, substitute: dict[str, str]) -> str:
