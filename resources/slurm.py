@@ -57,7 +57,7 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}\Z")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _COMMAND = re.compile(r"^[A-Za-z0-9_./+-]{1,4096}\Z")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1 and Unicode line breaks
 _TASK = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 
 TERMINAL = {"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "CANCELLED",
@@ -244,9 +244,11 @@ class SlurmCompute(ComputeResource):
         for task in self.array_tasks:
             _check(_TASK.match(task), "array_tasks", task, "worker task names, e.g. saes")
         _check(self.signal_seconds >= 0, "signal_seconds", self.signal_seconds, "a number of seconds ≥ 0")
-        shortest = min(time_limit_seconds(self.job_settings(t)["time"]) for t in ["", *self.overrides])
+        shortest, task = min((time_limit_seconds(self.job_settings(t)["time"]), t) for t in ["", *self.overrides])
+        limit_field = f"SlurmCompute.overrides.{task}.time" if task else "SlurmCompute.time"
         _check(self.signal_seconds < shortest, "signal_seconds", self.signal_seconds,
-               f"fewer seconds than the shortest time limit ({shortest} s), or the warning comes at the start")
+               f"fewer seconds than the shortest time limit ({limit_field}={self.job_settings(task)['time']}, "
+               f"{shortest} s), or the warning comes at the start; lower signal_seconds or raise that time")
         _check(0 <= self.max_resubmits <= 100, "max_resubmits", self.max_resubmits, "0 to 100")
         _check(0.05 <= self.poll_seconds <= self.max_poll_seconds, "poll_seconds", self.poll_seconds,
                "between 0.05 and max_poll_seconds")

@@ -33,7 +33,7 @@ SCRIPT_FIELDS = {"venv": "/safe0", "conda_env": "safe0", "python": "safe0", "wor
 def _words(script: str) -> list[list[str]]:
     """Each line's words and shell operators as a POSIX shell splits them (no expansion)."""
     lines = []
-    for line in script.splitlines():
+    for line in script.split("\n"):  # bash ends lines at \n only (not at \x85 or \u2028)
         lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
         lexer.whitespace_split = True
         lines.append(list(lexer))
@@ -65,7 +65,9 @@ def _unquoted_or_double_quoted(line: str, start: int) -> bool:
 @example(field="python", value="python3\n", env_value=None)
 @example(field="ssh_host", value="login1\n", env_value=None)
 @example(field="account", value="a", env_value="x\n")
-@example(field="venv", value="/opt/$(id)/`id`", env_value="$HOME")  # a double-quoted value would expand
+@example(field="account", value="a", env_value="x\x85y\u2028z")  # line breaks to Python, not to bash
+@example(field="venv", value="/opt/$(id)/`id`", env_value="$HOME")
+@example(field="time", value="1", env_value=None)  # shorter than signal_seconds: the error names time too  # a double-quoted value would expand
 def test_every_slurm_string_is_refused_naming_its_field_or_reaches_the_script_quoted(
     field: str, value: str, env_value: str | None
 ) -> None:
@@ -101,7 +103,7 @@ def test_every_slurm_string_is_refused_naming_its_field_or_reaches_the_script_qu
     assert _words(script) == expected, script
     # Any $ or ` the value brought sits inside single quotes, where nothing expands: each line has
     # exactly as many expanding ones as the plain script's (which has its own, e.g. ${SLURM_JOB_ID}).
-    for line, plain_line in zip(script.splitlines(), plain.splitlines(), strict=True):
+    for line, plain_line in zip(script.split("\n"), plain.split("\n"), strict=True):
         assert _expanding(line) == _expanding(plain_line), line
     argv = compute.sbatch_args("saes", compute.job_settings("saes"), Path("/tmp/run"), None)
     assert all("\n" not in arg for arg in argv)
