@@ -1,5 +1,6 @@
 """Benchmark activation capture: all layers in one sweep vs a bare forward pass vs one layer per pass,
-and peak memory as the number of captured vectors grows 10×.
+the first quarter of the layers (the pass stops after the deepest one), and peak memory as the
+number of captured vectors grows 10×.
 
     .venv/bin/python benchmarks/capture.py                                  # CPU, a random Qwen2
     .venv/bin/python benchmarks/capture.py --device cuda --hidden 2048 --intermediate 11008 --layers 36
@@ -156,6 +157,9 @@ def main() -> None:
     tokens, bare_s = bare_forward(model, tokenizer, texts, args)
     with tempfile.TemporaryDirectory() as tmp:
         vectors, all_s, written = capture(model, tokenizer, texts, layers, args, Path(tmp))
+    early = layers[: max(1, len(layers) // 4)]
+    with tempfile.TemporaryDirectory() as tmp:
+        early_s = capture(model, tokenizer, texts, early, args, Path(tmp))[1]
     per_layer_s = 0.0
     for layer in layers:
         with tempfile.TemporaryDirectory() as tmp:
@@ -175,6 +179,9 @@ def main() -> None:
         "bare_forward_tokens_per_s": tokens / bare_s,
         "capture_all_layers_tokens_per_s": tokens / all_s,
         "capture_all_layers_vs_bare": bare_s / all_s,
+        "capture_first_quarter_layers": early,
+        "capture_first_quarter_tokens_per_s": tokens / early_s,
+        "capture_first_quarter_vs_bare": bare_s / early_s,
         "one_layer_per_pass_tokens_per_s": tokens / per_layer_s,
         "all_layers_one_pass_speedup_vs_one_layer_per_pass": per_layer_s / all_s,
         "vectors_per_layer": vectors,

@@ -9,7 +9,15 @@ import torch.nn.functional as F
 from helpers import DATA
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from interp_assets.core.hooks import HOOK_POINTS, hook_module, hook_width, hooked, recording, transformer_lens_name
+from interp_assets.core.hooks import (
+    HOOK_POINTS,
+    forward_until_recorded,
+    hook_module,
+    hook_width,
+    hooked,
+    recording,
+    transformer_lens_name,
+)
 
 SMALL = dict(
     vocab_size=97, hidden_size=32, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
@@ -71,6 +79,38 @@ def test_mlp_out_and_resid_post(arch: str) -> None:
     # hidden_states[i + 1] is the output of layer i (the last one is after the final norm).
     torch.testing.assert_close(resid[1], hidden[2])
     torch.testing.assert_close(resid[2], hidden[3])
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("hook_point", sorted(HOOK_POINTS))
+def test_a_recording_forward_stops_after_the_deepest_layer_with_the_same_activations(arch: str, hook_point: str) -> None:
+    """Capture needs nothing above its deepest layer: the pass stops there (no later layer, norm or
+    LM head runs) and every recorded activation is what the whole pass records."""
+    model = MODELS[arch]
+    input_ids = torch.randint(0, SMALL["vocab_size"], (2, 7))
+    ran: list[str] = []
+    watched = {"layer 2": model.model.layers[2], "layer 3": model.model.layers[3], "norm": model.model.norm,
+               "lm_head": model.lm_head}
+    handles = [module.register_forward_pre_hook(lambda *_, name=name: ran.append(name)) for name, module in watched.items()]
+    try:
+        with torch.no_grad():
+            with recording(model, [0, 1], hook_point) as whole:
+                model(input_ids)
+                whole = dict(whole)
+            assert ran == ["layer 2", "layer 3", "norm", "lm_head"]
+            ran.clear()
+            with recording(model, [1, 0], hook_point, stop_after_deepest=True) as stopped:
+                forward_until_recorded(model, input_ids=input_ids)
+                forward_until_recorded(model, input_ids=input_ids)  # and again: each pass refills
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == []
+    assert sorted(stopped) == [0, 1]
+    for layer in (0, 1):
+        torch.testing.assert_close(stopped[layer], whole[layer], rtol=0, atol=0)
+    with torch.no_grad():  # the hooks are gone: a later pass runs whole
+        assert model(input_ids).logits.shape == (2, 7, SMALL["vocab_size"])
 
 
 def test_hooked_replacement_changes_the_forward_pass() -> None:

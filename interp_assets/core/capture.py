@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from interp_assets.core.hooks import recording
+from interp_assets.core.hooks import forward_until_recorded, recording
 from interp_assets.core.modeling import tokenize_batches
 
 
@@ -123,7 +123,7 @@ def capture_activations(
     if resume_from is not None:
         done_batches = sum(-(-len(source.texts) // batch_size) for source in sources[: start.source]) + start.batch
         log(f"capture: resuming at batch {done_batches}/{n_batches} from the last checkpoint")
-    with recording(model, layers, hook_point) as records:
+    with recording(model, layers, hook_point, stop_after_deepest=True) as records:
         for source_index, source in enumerate(sources):
             if source_index < start.source:
                 continue
@@ -132,7 +132,7 @@ def capture_activations(
             for batch_index, batch in enumerate(batches):
                 if batch_index < first_batch:
                     continue  # every row of this batch is in a written shard
-                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+                forward_until_recorded(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
                 positions = torch.arange(batch.input_ids.shape[1], device=device)[None, :]  # [1, T]
                 keep = batch.attention_mask.bool()  # [B, T]
                 if source.last_n_tokens is not None:

@@ -120,16 +120,37 @@ def hooked(model: nn.Module, layers: Sequence[int], hook_point: str, fn: Activat
             handle.remove()
 
 
+class DeepestLayerRecorded(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by a ``recording(..., stop_after_deepest=True)`` hook once the deepest recorded layer
+    has run; ``forward_until_recorded`` catches it. The layers above it and the LM head (a tenth
+    of Qwen2.5-3B's weights) would compute nothing anyone reads."""
+
+
 @contextmanager
-def recording(model: nn.Module, layers: Sequence[int], hook_point: str) -> Iterator[dict[int, torch.Tensor]]:
+def recording(model: nn.Module, layers: Sequence[int], hook_point: str, *,
+              stop_after_deepest: bool = False) -> Iterator[dict[int, torch.Tensor]]:
     """Record the activation of every layer in one forward pass: ``{layer: [batch, seq, width]}``.
 
-    The dict is refilled by each forward pass inside the block; tensors are detached views.
+    The dict is refilled by each forward pass inside the block; tensors are detached views. With
+    ``stop_after_deepest`` the pass ends at the deepest layer's hook: run it with
+    ``forward_until_recorded``.
     """
     records: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
 
     def record(layer: int, activation: torch.Tensor) -> None:
         records[layer] = activation.detach()
+        if stop_after_deepest and layer == deepest:
+            raise DeepestLayerRecorded
 
     with hooked(model, layers, hook_point, record):
         yield records
+
+
+def forward_until_recorded(model: nn.Module, **inputs: Any) -> None:
+    """One forward pass inside ``recording(..., stop_after_deepest=True)``: it ends where the
+    deepest recorded activation is known (or runs whole when nothing stops it)."""
+    try:
+        model(**inputs)
+    except DeepestLayerRecorded:
+        pass

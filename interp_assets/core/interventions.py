@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from interp_assets.core.hooks import hooked
+from interp_assets.core.hooks import forward_until_recorded, hooked, recording
 from interp_assets.core.prompt_pairs import PairBatch, PromptPairs, last_token_logits, logit_diff, run_logits
 from interp_assets.core.sae import SparseAutoencoder
 
@@ -168,10 +168,9 @@ class InterventionRunner:
             width = s.pairs.max_length
             out = None
             for batch, ix in zip(s.batches, s.indices, strict=True):
-                records: dict[int, torch.Tensor] = {}
-                with hooked(self.model, [layer], self.hook_point, lambda l, a: records.__setitem__(l, a.detach().float())):
-                    run_logits(self.model, batch.clean_ids, batch)
-                act = records[layer]
+                with recording(self.model, [layer], self.hook_point, stop_after_deepest=True) as records:
+                    forward_until_recorded(self.model, input_ids=batch.clean_ids, attention_mask=batch.attention_mask)
+                act = records[layer].float()
                 if out is None:
                     out = torch.zeros(len(s.pairs), width, act.shape[-1], device=self.device)
                 out[ix, : act.shape[1]] = act
@@ -365,9 +364,8 @@ class InterventionRunner:
         cached = []
         with torch.no_grad():
             for batch in s.batches:
-                records: dict[int, torch.Tensor] = {}
-                with hooked(self.model, [last], "resid_post", lambda l, a: records.__setitem__(l, a.detach())):
-                    run_logits(self.model, batch.clean_ids, batch)
+                with recording(self.model, [last], "resid_post", stop_after_deepest=True) as records:
+                    forward_until_recorded(self.model, input_ids=batch.clean_ids, attention_mask=batch.attention_mask)
                 cached.append(records[last])
         queue = iter(cached)
 

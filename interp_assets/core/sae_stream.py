@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from interp_assets.core.hooks import hook_width, recording
+from interp_assets.core.hooks import forward_until_recorded, hook_width, recording
 from interp_assets.core.modeling import tokenize_batches
 from interp_assets.core.sae_data import DataPosition
 
@@ -93,9 +93,10 @@ class ActivationStream:
         """{layer: [n_tokens, d_in]} in ``dtype`` on the CPU, texts in order, padding dropped."""
         device = next(self.model.parameters()).device
         parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
-        with recording(self.model, self.layers, self.hook_point) as records:
+        with recording(self.model, self.layers, self.hook_point, stop_after_deepest=True) as records:
             for batch in tokenize_batches(self.tokenizer, texts, self.forward_batch_size, device, self.max_tokens):
-                self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+                forward_until_recorded(self.model, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                       use_cache=False)
                 keep = batch.attention_mask.bool()
                 for layer in self.layers:
                     parts[layer].append(records[layer][keep].to(self.dtype).cpu())
