@@ -46,8 +46,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path):  # 
         "activations": {"corpus_sequences": 600},
         # Started by the test once the first materializations are done, so that what it
         # relaunches is only what the config edit made stale.
-        # 60 s between ticks leaves time to see the stale state before the sensor repairs it.
-        "automation": {"enabled": False, "interval_seconds": 60},
+        # 30 s between ticks leaves time to see the stale state before the sensor repairs it: its
+        # run is submitted by the backfill daemon (up to 30 s later still) and trains for ~15 s more.
+        "automation": {"enabled": False, "interval_seconds": 30},
     })
     seed_tiny_model(root / "storage", tiny_model_storage)
     home = root / "dagster_home"
@@ -129,7 +130,7 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
         assert set(_stale(dev, asset, LAYERS)["staleStatusByPartition"]) == {"FRESH"}
 
     # 4. Automation on; wait for its first tick so it has seen the current code versions (the
-    #    next one comes 60 s later: steps 5 and 6 happen in between).
+    #    next one comes 30 s later: steps 5 and 6 happen in between).
     selector = sensor_selector("rematerialize_stale")
     started = dev.graphql(START_SENSOR, {"selector": selector})["startSensor"]
     assert started["__typename"] == "Sensor", started
