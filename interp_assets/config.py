@@ -13,10 +13,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from interp_assets.core.behaviours import BEHAVIOURS
 from interp_assets.core.hooks import HOOK_POINTS
@@ -28,6 +28,16 @@ CONFIG_ENV_VAR = "INTERP_ASSETS_CONFIG"
 
 class ConfigError(ValueError):
     """An invalid experiment config; the message names the field and how to fix it."""
+
+
+def _plain_path(value: str) -> str:
+    if re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", value):
+        raise ValueError(f"{value!r} holds a control character or line break: give a plain path or URL")
+    return value
+
+
+PathOrUrl = Annotated[str, AfterValidator(_plain_path)]
+"""A folder, file or fsspec URL: no NUL (the OS refuses it) and no control characters."""
 
 
 class _Section(BaseModel):
@@ -81,7 +91,7 @@ class ModelSection(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
     """Model id recorded in metadata and in a storage path: a hub id such as
     ``Qwen/Qwen2.5-3B-Instruct`` (letters, digits, ``._-``, at most one ``/``; no ``..`` path tricks)."""
-    path: str | None = None
+    path: PathOrUrl | None = None
     """Local directory holding config.json + weights (pretrained only). Relative to the config file."""
     revision: str | None = None
     """Hub revision the local copy was taken from, recorded as provenance."""
@@ -158,7 +168,7 @@ class ActivationsSection(_Section):
     corpus_sequences: int = Field(default=2000, ge=1, le=100_000_000)
     """SAE-training corpus: number of sequences captured (all positions)."""
     corpus_seq_len: int = Field(default=32, ge=2, le=32_768)
-    corpus_path: str | None = None
+    corpus_path: PathOrUrl | None = None
     """A UTF-8 text file, one document per line; default: text generated from the behaviours."""
 
     @field_validator("layers", mode="before")
@@ -273,9 +283,9 @@ ARTIFACT_FOLDERS = ("models", "prompts", "baselines", "activations", "saes", "at
 
 
 class StorageSection(_Section):
-    root: str = "../dagster_home/storage"
+    root: PathOrUrl = "../dagster_home/storage"
     """Where artifacts live: a local folder (relative to the config file) or an fsspec URL."""
-    tiers: dict[str, str] = {}
+    tiers: dict[str, PathOrUrl] = {}
     """Other roots for some top-level folders, as the lab keeps them: e.g. ``activations`` and
     ``checkpoints`` on the hot scratch filesystem, everything else on the versioned bucket."""
 

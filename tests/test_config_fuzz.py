@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers import deep_update, tiny_config_dict
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from interp_assets.config import ConfigError, load_config
@@ -61,6 +61,7 @@ def _assert_clear(error: ConfigError, path: tuple[str, ...] | None = None) -> No
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(LEAF_PATHS), value=LEAVES)
+@example(path=("storage", "root"), value="\x00")  # the OS's "embedded null byte", before it was named
 def test_any_single_bad_value_is_accepted_or_named(tmp_path: Path, path: tuple[str, ...], value: Any) -> None:
     data = deep_update(tiny_config_dict(), {"storage": {"root": str(tmp_path / "storage")}})
     data = deep_update(data, _nest(path, value))
