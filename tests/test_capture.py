@@ -114,6 +114,75 @@ def test_peak_buffer_is_one_shard_not_the_dataset(briefly_trained, monkeypatch: 
     assert peak[0] < 32 + 8 * 12  # one shard + one batch (8 texts x 12 tokens)
 
 
+def test_shards_waiting_for_the_writer_thread_are_bounded_and_every_checkpoint_follows_its_shards(
+    briefly_trained, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    """Shards are written on a background thread while the next batches run: however slow the
+    storage, at most (layers + 1) writes wait in memory, and a checkpoint is saved only once every
+    shard it lists is written."""
+    import threading
+    import time
+
+    import interp_assets.core.capture as capture
+
+    model, tokenizer = briefly_trained
+    layers, lock = [0, 1, 2], threading.Lock()
+    counts = {"queued": 0, "done": 0, "peak": 0}
+    original_submit = capture._ShardWriter.submit
+
+    def counting_submit(self, task):  # noqa: ANN001, ANN202
+        def counted() -> None:
+            task()
+            with lock:
+                counts["done"] += 1
+
+        original_submit(self, counted)
+        with lock:
+            counts["queued"] += 1
+            counts["peak"] = max(counts["peak"], counts["queued"] - counts["done"])
+
+    monkeypatch.setattr(capture._ShardWriter, "submit", counting_submit)
+    written: set[tuple[int, str, int]] = set()
+    checkpoints_ok: list[bool] = []
+
+    def slow_write(layer: int, source: str, index: int, tensors: dict[str, torch.Tensor]) -> dict:
+        time.sleep(0.02)  # storage far slower than the forward pass
+        written.add((layer, source, index))
+        return {"index": index, "n_vectors": int(tensors["activations"].shape[0])}
+
+    def on_progress(progress) -> None:  # noqa: ANN001
+        listed = {(layer, source, record["index"]) for layer, by_source in progress.shards.items()
+                  for source, records in by_source.items() for record in records}
+        checkpoints_ok.append(listed <= written)
+
+    capture_activations(model, tokenizer, layers, "mlp_post", [CaptureSource("corpus", generate_corpus(64, seed=5),
+                        max_tokens=12)], batch_size=8, dtype=torch.float32, shard_max_vectors=16,
+                        write_shard=slow_write, on_progress=on_progress)
+    assert len(written) > 10 * len(layers) and len(checkpoints_ok) >= 8  # a checkpoint per batch
+    assert all(checkpoints_ok)
+    assert 2 <= counts["peak"] <= len(layers) + 1, counts  # the writer did lag behind, within its bound
+
+
+def test_a_failed_shard_write_stops_capture_with_that_error_and_no_later_checkpoint(briefly_trained) -> None:  # noqa: ANN001
+    model, tokenizer = briefly_trained
+    written: list[int] = []
+    checkpoints: list = []
+
+    def failing_write(layer: int, source: str, index: int, tensors: dict[str, torch.Tensor]) -> dict:
+        if len(written) == 30:
+            raise OSError(28, "No space left on device")
+        written.append(index)
+        return {"index": index, "n_vectors": int(tensors["activations"].shape[0])}
+
+    with pytest.raises(OSError, match="No space left on device"):
+        capture_activations(model, tokenizer, [0, 1], "mlp_post", [CaptureSource("corpus", generate_corpus(64, seed=5),
+                            max_tokens=12)], batch_size=8, dtype=torch.float32, shard_max_vectors=16,
+                            write_shard=failing_write, on_progress=checkpoints.append)
+    assert len(written) == 30
+    listed = [sum(len(records) for by_source in p.shards.values() for records in by_source.values()) for p in checkpoints]
+    assert listed and max(listed) <= 30  # no checkpoint names the shard that failed, or any after it
+
+
 def test_a_capture_resumed_from_any_checkpoint_writes_the_same_shards(briefly_trained) -> None:  # noqa: ANN001
     """Resuming from a progress point (mid-batch, end of batch, end of a source) re-reads only
     from there and ends with exactly the shards of an uninterrupted capture."""
