@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -40,8 +41,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interp_assets.config import PROJECT_ROOT, ExperimentConfig, parse_config
-from resources.storage import ArtifactStore, open_store, sha256_file
+_CHECKPOINT_SIGNALLED = False
+
+
+def _checkpoint_on_usr1() -> None:
+    """SLURM sends USR1 ahead of the time limit (``--signal=B:USR1@N``, the worker ``exec``-ed by
+    the batch script): checkpoint at the next step instead of dying (USR1's default action), so
+    the resubmitted job resumes from there."""
+
+    def handler(signum: int, frame: object) -> None:
+        global _CHECKPOINT_SIGNALLED
+        _CHECKPOINT_SIGNALLED = True
+        # os.write, not print: a handler that prints while the worker is inside a write to stderr
+        # raises "reentrant call" there.
+        os.write(2, b"worker: USR1 received: checkpointing at the next training step\n")
+
+    signal.signal(signal.SIGUSR1, handler)
+
+
+def _checkpoint_requested() -> bool:
+    """True once after each USR1."""
+    global _CHECKPOINT_SIGNALLED
+    requested, _CHECKPOINT_SIGNALLED = _CHECKPOINT_SIGNALLED, False
+    return requested
+
+
+if __name__ == "__main__":
+    # Before the imports below: SLURM checks time limits every 30 s and sends USR1 when fewer than
+    # signal_seconds + 30 s are left, so a short job can get it within a second of starting. The
+    # batch script ignores USR1 until here; dying of it instead fails the job, not resubmittable.
+    _checkpoint_on_usr1()
+
+from interp_assets.config import PROJECT_ROOT, ExperimentConfig, parse_config  # noqa: E402
+from resources.storage import ArtifactStore, open_store, sha256_file  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Artifact paths
@@ -1077,30 +1109,6 @@ def _run_direct(task: str, config_path: str, partition_keys: list[str]) -> None:
     print(json.dumps({"data_version": result.data_version, "metadata": metadata, "partitions": result.partitions}))
 
 
-_CHECKPOINT_SIGNALLED = False
-
-
-def _checkpoint_on_usr1() -> None:
-    """SLURM sends USR1 ahead of the time limit (``--signal=B:USR1@N``, the worker ``exec``-ed by
-    the batch script): checkpoint at the next step instead of dying (USR1's default action), so
-    the resubmitted job resumes from there. Installed first thing, before the model loads."""
-    import signal
-
-    def handler(signum: int, frame: object) -> None:
-        global _CHECKPOINT_SIGNALLED
-        _CHECKPOINT_SIGNALLED = True
-        print("worker: USR1 received: checkpointing at the next training step", file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGUSR1, handler)
-
-
-def _checkpoint_requested() -> bool:
-    """True once after each USR1."""
-    global _CHECKPOINT_SIGNALLED
-    requested, _CHECKPOINT_SIGNALLED = _CHECKPOINT_SIGNALLED, False
-    return requested
-
-
 def main(argv: list[str] | None = None) -> None:
     _checkpoint_on_usr1()
     parser = argparse.ArgumentParser(prog="python -m interp_assets.worker", description=__doc__.split("\n")[0])
@@ -1111,12 +1119,17 @@ def main(argv: list[str] | None = None) -> None:
     _set_threads()
     from dagster_pipes import PipesEnvVarParamsLoader
 
-    if PipesEnvVarParamsLoader().is_dagster_pipes_process():
-        _run_under_pipes(args.task)
-    elif args.config:
-        _run_direct(args.task, args.config, args.partition)
-    else:
-        parser.error("not launched by Dagster Pipes: pass --config (and --partition) to run directly")
+    try:
+        if PipesEnvVarParamsLoader().is_dagster_pipes_process():
+            _run_under_pipes(args.task)
+        elif args.config:
+            _run_direct(args.task, args.config, args.partition)
+        else:
+            parser.error("not launched by Dagster Pipes: pass --config (and --partition) to run directly")
+    finally:
+        # Python's shutdown puts back the default action (death) of every signal it handles: a USR1
+        # then would fail the job of a worker that has finished and reported. Ignored, it stays so.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

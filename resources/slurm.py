@@ -28,6 +28,7 @@ import hashlib
 import json
 import re
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -345,6 +346,9 @@ class SlurmCompute(ComputeResource):
         lines = [
             "#!/bin/bash",
             f"# interp_assets worker task {task}; submitted by SlurmCompute (options on the sbatch command line).",
+            # Ignored (an ignored signal stays ignored across exec) until the worker installs its
+            # handler: SLURM may send USR1 within a second of the start, and by default it kills.
+            "trap '' USR1",
             "set -eo pipefail",
             'echo "interp_assets: job ${SLURM_JOB_ID} (array ${SLURM_ARRAY_JOB_ID:-none}_${SLURM_ARRAY_TASK_ID:-none}) '
             'on $(hostname) started $(date -Is)" >&2',
@@ -616,18 +620,36 @@ class _Follower:
             done = self.compute.cluster_command(["scancel", *held])
             self.context.log.warning(f"[slurm] held job(s) {' '.join(held)}: scancel "
                                      f"({'ok' if done.returncode == 0 else done.stderr.strip()})")
+        self.fill_exit_codes([t for t in failed if not t.info.get("exit_code")])
         parts = []
         for t in failed:
             reason = _EXPLAIN.get(t.state, "").format(mem=self.job["mem"], task=self.task, bigger=_bigger(self.job["mem"]))
             if t.state in RESUBMITTABLE:
                 reason += f"; resubmitted {t.attempts - 1} time(s), max_resubmits={self.compute.max_resubmits}"
-            parts.append(f"{t.label}: SLURM job {t.slurm_id} ended {t.state} (exit code {t.info.get('exit_code', '?')}) — {reason}\n"
+            parts.append(f"{t.label}: SLURM job {t.slurm_id} ended {t.state} ({_exit_text(t.info.get('exit_code', ''))}) — {reason}\n"
                          f"--- stderr tail ({self._log_path(t, 'err')}) ---\n{self.tail(t)}")
         done = [t.label for t in self.tasks if t.state == "COMPLETED"]
         summary = (f"{len(failed)} of {len(self.tasks)} SLURM task(s) of {self.task} failed"
                    + (f"; finished: {', '.join(done)} (a retry skips what they published)" if done else ""))
         raise dg.Failure(description=summary + "\n\n" + "\n\n".join(parts),
                          metadata={**self.run_metadata(), "slurm/failed": [t.label for t in failed]})
+
+    def fill_exit_codes(self, tasks: list[_Task]) -> None:
+        """squeue shows no exit code; ``scontrol show job`` does for as long as the controller keeps
+        the job (MinJobAge): one call per job id (an array's tasks all come with its id)."""
+        for job_id in sorted({t.job_id for t in tasks if t.job_id}):
+            done = self.compute.cluster_command(["scontrol", "show", "job", "-o", job_id])
+            if done.returncode != 0:
+                continue
+            codes = {}
+            for line in done.stdout.splitlines():
+                fields = dict(_SCONTROL_FIELD.findall(line))
+                index = fields.get("ArrayTaskId")
+                key = (fields.get("ArrayJobId") or fields.get("JobId"), index if index and index.isdigit() else None)
+                codes[key] = fields.get("ExitCode", "")
+            for t in tasks:
+                if t.job_id == job_id and codes.get(t.key):
+                    t.info["exit_code"] = codes[t.key]
 
     def task_metadata(self, t: _Task) -> dict[str, Any]:
         gpu = t.info.get("gpu") or self.job["gres"] or "none"
@@ -773,6 +795,23 @@ def _compress(indices: list[int]) -> str:
         if i == len(indices) - 1:
             ranges.append((start, prev))
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+_SCONTROL_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+def _exit_text(code: str) -> str:
+    """SLURM's ``status:signal`` exit code, said in words: ``0:10`` -> killed by signal 10 (SIGUSR1)."""
+    status, _, number = code.partition(":")
+    if not (status.isdigit() and number.isdigit()):
+        return "exit code unknown"
+    if int(number):
+        try:
+            name = signal.Signals(int(number)).name
+        except ValueError:
+            name = "?"
+        return f"exit code {code}: killed by signal {number} ({name})"
+    return f"exit code {code}"
 
 
 _SACCT_ID = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]))?(?:\.(\S+))?$")

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -113,9 +114,22 @@ def test_prompts_baselines_activations_give_the_same_bytes_as_local(studies: dic
 # ---- 2. a layer backfill is ONE array job; a failed layer fails the range, the retry skips the rest
 
 
+def record_status_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put a ``squeue`` first on PATH that notes when it ran and with what, then execs the real one."""
+    real = shutil.which("squeue")
+    assert real, "squeue is not installed"
+    shims, log = tmp_path / "shims", tmp_path / "squeue-calls.log"
+    shims.mkdir()
+    (shims / "squeue").write_text(f'#!/bin/bash\necho "$(date +%s.%N) $*" >> {log}\nexec {real} "$@"\n')
+    (shims / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    return log
+
+
 def test_sae_layer_backfill_is_one_array_job_and_a_retry_reruns_only_the_failed_layer(
-    studies: dict, tmp_path: Path
+    studies: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    calls = record_status_calls(tmp_path, monkeypatch)
     config = load_config(studies["slurm"])
     assert len(config.layer_keys) >= 4
     store_root = Path(config.storage.root)
@@ -140,6 +154,15 @@ def test_sae_layer_backfill_is_one_array_job_and_a_retry_reruns_only_the_failed_
         assert f"1 of {len(config.layer_keys)} SLURM task(s) of saes failed" in text
         assert f"saes[{broken}]: SLURM job {first_array}_2 ended FAILED" in text
         assert "stderr tail" in text and f"layer {broken}: no activations" in text
+
+        # Status: ONE squeue call per poll for all of the run's tasks (never one per task), naming
+        # the run's job, at intervals that back off while nothing changes.
+        polls = [line.split() for line in calls.read_text().splitlines() if "%F|%K|%T" in line]
+        assert len(polls) >= 3, polls
+        assert all(p[p.index("-j") + 1] == first_array for p in polls), polls
+        gaps = [float(b[0]) - float(a[0]) for a, b in zip(polls, polls[1:])]
+        assert min(gaps) >= 0.9 * compute.poll_seconds, gaps
+        assert max(gaps) >= 1.4 * compute.poll_seconds, gaps
 
         retry = materialize(studies["slurm"], ["saes"], compute, instance, tags=layers)
         assert retry.success, failure_text(retry)
@@ -264,6 +287,39 @@ def test_interrupting_the_step_cancels_its_job(studies: dict, tmp_path: Path) ->
     assert after["state"] == "CANCELLED"
     queue = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True).stdout.split()
     assert job["job_id"] not in queue
+
+
+def test_usr1_at_any_moment_of_a_job_never_kills_it(studies: dict, tmp_path: Path) -> None:
+    """SLURM checks time limits every 30 s and sends ``--signal=B:USR1@N`` once fewer than N + 30 s
+    are left: with a short ``--time`` that is at the first check, which may come while the batch
+    shell or Python is still starting, before the worker's handler exists. USR1 kills by default,
+    so such a job ended FAILED (ExitCode 0:10), silently, and was not resubmitted. Here the batch
+    shell gets USR1 (as ``B:`` sends it) from the moment the job runs until it ends."""
+    before = {j["job_id"] for j in jobs()}
+    signalled = []
+
+    def keep_signalling() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            ours = [j for j in jobs() if j["job_id"] not in before]
+            if ours and ours[0]["state"] not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+                return
+            if ours and ours[0]["state"] == "RUNNING":
+                done = subprocess.run(["scancel", "--batch", "--signal=USR1", ours[0]["job_id"]], capture_output=True)
+                signalled.append(done.returncode)
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=keep_signalling, daemon=True)
+    sender.start()
+    with dg.instance_for_test() as instance:
+        result = materialize(studies["slurm"], ["baselines"], slurm(tmp_path), instance, partition_key="capitals")
+        log = run_log(instance, result.run_id)
+    sender.join(60)
+    assert result.success, failure_text(result)
+    assert signalled.count(0) >= 5, signalled  # USR1 really reached the job, many times over its life
+    assert "worker: USR1 received" in log
+    (job,) = [j for j in jobs() if j["job_id"] not in before]
+    assert job["state"] == "COMPLETED"
 
 
 def test_the_cd3_profile_loads_and_switching_backend_changes_no_code_version(monkeypatch: pytest.MonkeyPatch) -> None:
