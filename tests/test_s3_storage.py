@@ -124,7 +124,8 @@ def test_the_pipeline_on_s3_gives_the_local_backends_data_versions(s3_endpoint: 
             run(["prompts", "baselines"], partition_key="ioi")
             run(["prompts"], partition_key="capitals")  # activations capture every behaviour's prompts
             run(["activations"], tags=tags)
-            run(["saes"], tags=tags)
+            if backend != "local":  # what lands on the bucket and the tiers; the versions compared stop above
+                run(["saes"], tags=tags)
             versions[backend] = {
                 f"{asset}/{key}": record.asset_materialization.tags["dagster/data_version"]
                 for asset, key in (("prompts", "ioi"), ("baselines", "ioi"), ("activations", "1"), ("activations", "2"))
@@ -134,7 +135,8 @@ def test_the_pipeline_on_s3_gives_the_local_backends_data_versions(s3_endpoint: 
             # Every event of every run (worker logs, metadata, materializations) as stored.
             everything_recorded = "".join(serialize_value(entry) for run in instance.get_runs()
                                           for entry in instance.all_logs(run.run_id))
-            assert "moto-secret" not in everything_recorded and "saes/mlp_post/layer_001" in everything_recorded
+            assert "moto-secret" not in everything_recorded
+            assert backend == "local" or "saes/mlp_post/layer_001" in everything_recorded  # the records were read
         if backend == "s3":
             assert store.is_complete_dir("saes/mlp_post/layer_001") and store.is_complete_dir("saes/mlp_post/layer_002")
             manifest = store.read_json("activations/mlp_post/layer_001/manifest.json")

@@ -6,6 +6,7 @@ root, no apt). Tiny SAE step counts keep it short.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -82,6 +83,64 @@ def studies(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path) 
     return paths
 
 
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A real OpenSSH server on loopback, with a host key and a client key made here: the login
+    node of a workstation that submits over SSH."""
+    if not Path("/usr/sbin/sshd").exists():
+        # A fresh machine has no package lists yet: update first, as scripts/slurm-local.sh does.
+        done = subprocess.run(["bash", "-c", "apt-get update -qq && apt-get install -y -qq --no-install-recommends "
+                               "openssh-server"], capture_output=True, text=True,
+                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if done.returncode != 0:
+            pytest.skip(f"openssh-server could not be installed: {done.stderr.strip()[-400:]}")
+    keys = tmp_path_factory.mktemp("ssh")
+    keys.chmod(0o700)
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    shutil.copy(keys / "client.pub", keys / "authorized_keys")
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = keys / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {keys / 'host'}", f"AuthorizedKeysFile {keys / 'authorized_keys'}",
+        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
+        "UsePAM no", "StrictModes no", f"PidFile {keys / 'sshd.pid'}", "LogLevel VERBOSE", "",
+    ]))
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    log = keys / "sshd.log"
+    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(log)])
+    known_hosts = keys / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {(keys / 'host.pub').read_text().split()[0]} "
+                           f"{(keys / 'host.pub').read_text().split()[1]}\n")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        probe = subprocess.run(["ssh", "-p", str(port), "-i", str(keys / "client"), "-o", "BatchMode=yes",
+                                "-o", f"UserKnownHostsFile={known_hosts}", "root@127.0.0.1", "true"], capture_output=True)
+        if probe.returncode == 0:
+            break
+        time.sleep(0.3)
+    else:
+        server.terminate()
+        pytest.skip(f"sshd did not accept a login on 127.0.0.1:{port}: {log.read_text()[-600:] if log.exists() else ''}")
+    yield {"port": port, "key": str(keys / "client"), "known_hosts": str(known_hosts), "log": log}
+    server.terminate()
+    server.wait(timeout=10)
+
+@pytest.fixture(params=["direct", "ssh"])
+def transport(request: pytest.FixtureRequest) -> dict[str, object]:
+    """How SlurmCompute reaches the cluster: its commands run here (Dagster on the login node), or
+    on the login node through a real sshd (Dagster on a workstation): SlurmCompute settings."""
+    if request.param == "direct":
+        return {}
+    server = request.getfixturevalue("sshd")
+    return {"ssh_host": "127.0.0.1", "ssh_user": "root", "ssh_port": server["port"], "ssh_key_file": server["key"],
+            "ssh_known_hosts_file": server["known_hosts"]}
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -114,34 +173,37 @@ def test_prompts_baselines_activations_give_the_same_bytes_as_local(studies: dic
 # ---- 2. a layer backfill is ONE array job; a failed layer fails the range, the retry skips the rest
 
 
-def record_status_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Put a ``squeue`` first on PATH that notes when it ran and with what, then execs the real one."""
-    real = shutil.which("squeue")
-    assert real, "squeue is not installed"
-    shims, log = tmp_path / "shims", tmp_path / "squeue-calls.log"
+def record_calls(command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put a ``command`` first on PATH that notes when it ran and with what, then execs the real one
+    (``squeue`` here, or ``ssh``, whose argument is the command the login node runs)."""
+    real = shutil.which(command)
+    assert real, f"{command} is not installed"
+    shims, log = tmp_path / "shims", tmp_path / f"{command}-calls.log"
     shims.mkdir()
-    (shims / "squeue").write_text(f'#!/bin/bash\necho "$(date +%s.%N) $*" >> {log}\nexec {real} "$@"\n')
-    (shims / "squeue").chmod(0o755)
+    (shims / command).write_text(f'#!/bin/bash\necho "$(date +%s.%N) $*" >> {log}\nexec {real} "$@"\n')
+    (shims / command).chmod(0o755)
     monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
     return log
 
 
 def test_sae_layer_backfill_is_one_array_job_and_a_retry_reruns_only_the_failed_layer(
-    studies: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    studies: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: dict
 ) -> None:
-    calls = record_status_calls(tmp_path, monkeypatch)
-    config = load_config(studies["slurm"])
+    calls = record_calls("ssh" if transport else "squeue", tmp_path, monkeypatch)
+    study = _copy_study(studies["slurm"], tmp_path / "study", {})  # its own SAEs, whichever transport runs first
+    config = load_config(study)
     assert len(config.layer_keys) >= 4
     store_root = Path(config.storage.root)
     broken = config.layer_keys[2]
     manifest = store_root / activations_relpath(config, int(broken)) / "manifest.json"
     manifest.rename(manifest.with_name("manifest.hidden"))  # this layer's worker fails: no activations
-    compute = slurm(tmp_path, array_parallelism=2)
+    compute = slurm(tmp_path, array_parallelism=2, **transport)
     layers = layer_range(config.layer_keys[0], config.layer_keys[-1])
+    earlier = {j["array_job_id"] for j in jobs() if j["name"] == "ia-saes"}  # the other transport's
     with dg.instance_for_test() as instance:
-        first = materialize(studies["slurm"], ["saes"], compute, instance, tags=layers)
+        first = materialize(study, ["saes"], compute, instance, tags=layers)
         manifest.with_name("manifest.hidden").rename(manifest)
-        array_jobs = {j["array_job_id"] for j in jobs() if j["name"] == "ia-saes"}
+        array_jobs = {j["array_job_id"] for j in jobs() if j["name"] == "ia-saes"} - earlier
         assert len(array_jobs) == 1, jobs()
         (first_array,) = array_jobs
         tasks = jobs(first_array)
@@ -152,7 +214,7 @@ def test_sae_layer_backfill_is_one_array_job_and_a_retry_reruns_only_the_failed_
         assert not first.success
         text = failure_text(first)
         assert f"1 of {len(config.layer_keys)} SLURM task(s) of saes failed" in text
-        assert f"saes[{broken}]: SLURM job {first_array}_2 ended FAILED" in text
+        assert f"saes[{broken}]: SLURM job {first_array}_2 ended FAILED (exit code 1:0)" in text  # from scontrol
         assert "stderr tail" in text and f"layer {broken}: no activations" in text
 
         # Status: ONE squeue call per poll for all of the run's tasks (never one per task), naming
@@ -164,10 +226,10 @@ def test_sae_layer_backfill_is_one_array_job_and_a_retry_reruns_only_the_failed_
         assert min(gaps) >= 0.9 * compute.poll_seconds, gaps
         assert max(gaps) >= 1.4 * compute.poll_seconds, gaps
 
-        retry = materialize(studies["slurm"], ["saes"], compute, instance, tags=layers)
+        retry = materialize(study, ["saes"], compute, instance, tags=layers)
         assert retry.success, failure_text(retry)
         log = run_log(instance, retry.run_id)
-        retry_arrays = {j["array_job_id"] for j in jobs() if j["name"] == "ia-saes"} - {first_array}
+        retry_arrays = {j["array_job_id"] for j in jobs() if j["name"] == "ia-saes"} - {first_array} - earlier
         assert len(retry_arrays) == 1
         # Finished layers were found and skipped; only the failed one trained.
         skipped = {k for k in config.layer_keys if f"layer {k}: SAE already trained for this config and data, skipped" in log}
@@ -243,14 +305,14 @@ def test_an_injected_partition_fails_the_run_before_anything_is_submitted(studie
 # ---- 4. cancelling from Dagster ----------------------------------------------------------------
 
 CANCEL_DRIVER = """
-import sys, dagster as dg
+import json, sys, dagster as dg
 from interp_assets.definitions import build_definitions
 from resources.slurm import SlurmCompute
 defs = build_definitions(sys.argv[1])
+compute = SlurmCompute(log_dir=sys.argv[2], poll_seconds=0.5, max_poll_seconds=2, **json.loads(sys.argv[4]))
 with dg.instance_for_test() as instance:
     dg.materialize(list(defs.assets), selection=["saes"], partition_key=sys.argv[3], instance=instance,
-                   resources={"compute": SlurmCompute(log_dir=sys.argv[2], poll_seconds=0.5, max_poll_seconds=2)},
-                   raise_on_error=False)
+                   resources={"compute": compute}, raise_on_error=False)
 """
 
 
@@ -261,14 +323,15 @@ def _copy_study(config_path: Path, tmp: Path, updates: dict) -> Path:
     return write_config(tmp, {**TINY_SAE, **updates})
 
 
-def test_interrupting_the_step_cancels_its_job(studies: dict, tmp_path: Path) -> None:
+def test_interrupting_the_step_cancels_its_job(studies: dict, tmp_path: Path, transport: dict) -> None:
     """Dagster terminates a run by interrupting its step (SIGINT): the job must leave the queue."""
     config_path = _copy_study(studies["slurm"], tmp_path, {"sae": {**TINY_SAE["sae"], "steps": 1_000_000}})
     driver = tmp_path / "driver.py"
     driver.write_text(CANCEL_DRIVER)
     before = {j["job_id"] for j in jobs()}
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    process = subprocess.Popen([sys.executable, str(driver), str(config_path), str(tmp_path / "logs"), "1"],
+    process = subprocess.Popen([sys.executable, str(driver), str(config_path), str(tmp_path / "logs"), "1",
+                                json.dumps(transport)],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, job = time.monotonic() + 180, None
@@ -353,68 +416,32 @@ def test_slurms_error_text_surfaces_verbatim(studies: dict, tmp_path: Path) -> N
     assert "invalid partition specified: nosuchpartition" in text, text[-2000:]
 
 
-@pytest.fixture
-def sshd(tmp_path: Path):  # noqa: ANN201
-    """A real OpenSSH server on loopback, with a host key and a client key made here."""
-    if not Path("/usr/sbin/sshd").exists():
-        # A fresh machine has no package lists yet: update first, as scripts/slurm-local.sh does.
-        done = subprocess.run(["bash", "-c", "apt-get update -qq && apt-get install -y -qq --no-install-recommends "
-                               "openssh-server"], capture_output=True, text=True,
-                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        if done.returncode != 0:
-            pytest.skip(f"openssh-server could not be installed: {done.stderr.strip()[-400:]}")
-    keys = tmp_path / "ssh"
-    keys.mkdir(mode=0o700)
-    for name in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
-    shutil.copy(keys / "client.pub", keys / "authorized_keys")
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = keys / "sshd_config"
-    config.write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {keys / 'host'}", f"AuthorizedKeysFile {keys / 'authorized_keys'}",
-        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
-        "UsePAM no", "StrictModes no", f"PidFile {keys / 'sshd.pid'}", "LogLevel VERBOSE", "",
-    ]))
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    log = keys / "sshd.log"
-    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(log)])
-    known_hosts = keys / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} {(keys / 'host.pub').read_text().split()[0]} "
-                           f"{(keys / 'host.pub').read_text().split()[1]}\n")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        probe = subprocess.run(["ssh", "-p", str(port), "-i", str(keys / "client"), "-o", "BatchMode=yes",
-                                "-o", f"UserKnownHostsFile={known_hosts}", "root@127.0.0.1", "true"], capture_output=True)
-        if probe.returncode == 0:
-            break
-        time.sleep(0.3)
-    else:
-        server.terminate()
-        pytest.skip(f"sshd did not accept a login on 127.0.0.1:{port}: {log.read_text()[-600:] if log.exists() else ''}")
-    yield {"port": port, "key": str(keys / "client"), "known_hosts": str(known_hosts), "log": log}
-    server.terminate()
-    server.wait(timeout=10)
-
-
-def test_submission_over_ssh_runs_the_same_job(studies: dict, tmp_path: Path, sshd: dict) -> None:
-    """Dagster on a workstation, sbatch/squeue/sacct on the login node: every cluster command goes
-    through a real sshd with a key made by the test (the Pipes files on the shared filesystem)."""
+def test_submission_over_ssh_gives_the_same_bytes_and_refuses_a_wrong_host_key(
+    studies: dict, tmp_path: Path, sshd: dict
+) -> None:
+    """Dagster on a workstation, sbatch/squeue/scancel/scontrol on the login node: every cluster
+    command goes through a real sshd with a key made by the test (the Pipes files on the shared
+    filesystem). The array backfill and cancel tests run over SSH too (``transport``)."""
+    local_root = Path(load_config(studies["local"]).storage.root)
+    source = Path(load_config(studies["slurm"]).storage.root)
+    for folder in ("models", "prompts"):
+        shutil.copytree(source / folder, tmp_path / "storage" / folder)
+    config_path = write_config(tmp_path, TINY_SAE)
     before = {j["job_id"] for j in jobs()}
+    logins_before = sshd["log"].read_text().count("Accepted publickey for root")
     compute = slurm(tmp_path, ssh_host="127.0.0.1", ssh_user="root", ssh_port=sshd["port"],
                     ssh_key_file=sshd["key"], ssh_known_hosts_file=sshd["known_hosts"])
     with dg.instance_for_test() as instance:
-        result = materialize(studies["slurm"], ["baselines"], compute, instance, partition_key="capitals")
+        result = materialize(config_path, ["baselines"], compute, instance, partition_key="capitals")
         assert result.success, failure_text(result)
         md = result.asset_materializations_for_node("baselines")[0].metadata
     (job,) = [j for j in jobs() if j["job_id"] not in before]
     assert job["name"] == "ia-baselines" and job["state"] == "COMPLETED"
     assert md["slurm/job_id"].value == job["job_id"]
     assert md["accuracy_clean"].value >= 0.8  # the worker really ran and reported through Pipes
-    logins = sshd["log"].read_text().count("Accepted publickey for root")
+    produced = (tmp_path / "storage" / "baselines" / "capitals.parquet").read_bytes()
+    assert produced == (local_root / "baselines" / "capitals.parquet").read_bytes(), "SSH-submitted bytes differ from LocalCompute's"
+    logins = sshd["log"].read_text().count("Accepted publickey for root") - logins_before
     assert logins >= 3, sshd["log"].read_text()[-2000:]  # sbatch, then status polls, over SSH
 
     # A wrong host key is refused (strict host key checking), before anything is submitted.
