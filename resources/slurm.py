@@ -65,7 +65,7 @@ TERMINAL = {"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PRE
             "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED", "VANISHED", "HELD"}
 RESUBMITTABLE = {"TIMEOUT", "PREEMPTED"}
 _EXPLAIN = {
-    "FAILED": "the worker exited with an error",
+    "FAILED": "the worker exited with an error or was killed (see the exit code and the stderr tail)",
     "TIMEOUT": "the job ran past its --time limit",
     "OUT_OF_MEMORY": "the job ran out of memory (its cgroup's limit, --mem={mem}): raise `mem` for this task "
                      "(SlurmCompute.overrides.{task}.mem, e.g. {bigger}); it is not resubmitted, which would fail the same way",
