@@ -130,15 +130,18 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     server.terminate()
     server.wait(timeout=10)
 
+
+def over_ssh(sshd: dict, known_hosts: str | None = None) -> dict[str, object]:
+    """SlurmCompute settings that run every cluster command on the sshd's "login node"."""
+    return {"ssh_host": "127.0.0.1", "ssh_user": "root", "ssh_port": sshd["port"], "ssh_key_file": sshd["key"],
+            "ssh_known_hosts_file": known_hosts or sshd["known_hosts"]}
+
+
 @pytest.fixture(params=["direct", "ssh"])
 def transport(request: pytest.FixtureRequest) -> dict[str, object]:
     """How SlurmCompute reaches the cluster: its commands run here (Dagster on the login node), or
     on the login node through a real sshd (Dagster on a workstation): SlurmCompute settings."""
-    if request.param == "direct":
-        return {}
-    server = request.getfixturevalue("sshd")
-    return {"ssh_host": "127.0.0.1", "ssh_user": "root", "ssh_port": server["port"], "ssh_key_file": server["key"],
-            "ssh_known_hosts_file": server["known_hosts"]}
+    return {} if request.param == "direct" else over_ssh(request.getfixturevalue("sshd"))
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -429,8 +432,7 @@ def test_submission_over_ssh_gives_the_same_bytes_and_refuses_a_wrong_host_key(
     config_path = write_config(tmp_path, TINY_SAE)
     before = {j["job_id"] for j in jobs()}
     logins_before = sshd["log"].read_text().count("Accepted publickey for root")
-    compute = slurm(tmp_path, ssh_host="127.0.0.1", ssh_user="root", ssh_port=sshd["port"],
-                    ssh_key_file=sshd["key"], ssh_known_hosts_file=sshd["known_hosts"])
+    compute = slurm(tmp_path, **over_ssh(sshd))
     with dg.instance_for_test() as instance:
         result = materialize(config_path, ["baselines"], compute, instance, partition_key="capitals")
         assert result.success, failure_text(result)
@@ -451,8 +453,7 @@ def test_submission_over_ssh_gives_the_same_bytes_and_refuses_a_wrong_host_key(
     before = {j["job_id"] for j in jobs()}
     with dg.instance_for_test() as instance:
         refused = materialize(studies["slurm"], ["baselines"],
-                              slurm(tmp_path, ssh_host="127.0.0.1", ssh_user="root", ssh_port=sshd["port"],
-                                    ssh_key_file=sshd["key"], ssh_known_hosts_file=str(wrong)),
+                              slurm(tmp_path, **over_ssh(sshd, known_hosts=str(wrong))),
                               instance, partition_key="capitals")
     assert not refused.success
     assert "Host key verification failed" in failure_text(refused) or "REMOTE HOST IDENTIFICATION" in failure_text(refused)
