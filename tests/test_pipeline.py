@@ -496,3 +496,33 @@ def test_prompts_table_is_a_polars_frame_of_strings(study: Study) -> None:
     assert isinstance(table, pl.DataFrame)
     assert table.schema["target"] == pl.String
     assert table["target"].str.starts_with(" ").all()
+
+
+RECORDED_DATA_VERSIONS = Path(__file__).resolve().parent / "data" / "tiny_study_data_versions.json"
+
+
+def test_every_partition_keeps_the_data_version_recorded_on_main(study: Study) -> None:
+    """A refactor changes no byte: every asset partition of the tiny study has the data version it
+    had when the file was recorded (``INTERP_ASSETS_RECORD_DATA_VERSIONS=1`` rewrites it, on
+    purpose, when an output is meant to change)."""
+    import os
+
+    for behaviour in study.config.prompts.behaviours:
+        assert _circuits(study, behaviour).success
+    partitions = {
+        "language_model": [None],
+        "prompts": list(study.config.prompts.behaviours),
+        "baselines": list(study.config.prompts.behaviours),
+        "activations": list(study.config.layer_keys),
+        "saes": list(study.config.layer_keys),
+        "attribution_graphs": list(study.config.prompts.behaviours),
+        "interventions": list(study.config.prompts.behaviours),
+    }
+    versions = {
+        asset: {str(key): study.latest(asset, key).tags["dagster/data_version"] for key in keys}
+        for asset, keys in partitions.items()
+    }
+    if os.environ.get("INTERP_ASSETS_RECORD_DATA_VERSIONS") == "1":
+        RECORDED_DATA_VERSIONS.write_text(json.dumps(versions, indent=2, sort_keys=True) + "\n")
+    recorded = json.loads(RECORDED_DATA_VERSIONS.read_text())
+    assert versions == recorded
