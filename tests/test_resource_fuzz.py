@@ -8,12 +8,12 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from pathlib import Path
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from resources.slurm import SlurmCompute, SlurmConfigError
+from resources.slurm.script import batch_script, sbatch_argv
 
 STRING_FIELDS = ("partition", "account", "qos", "gres", "mem", "time", "venv", "conda_env", "python", "workdir",
                  "log_dir", "ssh_host", "ssh_user", "ssh_key_file", "ssh_known_hosts_file")
@@ -84,7 +84,7 @@ def test_every_slurm_string_is_refused_naming_its_field_or_reaches_the_script_qu
         assert named or (field in ("venv", "conda_env") and "SlurmCompute: set venv or conda_env" in str(error)), str(error)
         return
     assert "\n" not in value and "\x00" not in value
-    script = compute.render_script("saes", [{"DAGSTER_PIPES_CONTEXT": "e30="}], as_array=False)
+    script = batch_script(_spec(compute))
     parsed = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
     assert parsed.returncode == 0, (parsed.stderr, script)
     # The same script with plain placeholders splits into the same words and operators, each
@@ -95,7 +95,7 @@ def test_every_slurm_string_is_refused_naming_its_field_or_reaches_the_script_qu
         placeholders[field] = SCRIPT_FIELDS[field]
     if env_value is not None:
         placeholders["env"] = {"EXPERIMENT_TAG": "safe1"}
-    plain = SlurmCompute(**placeholders).render_script("saes", [{"DAGSTER_PIPES_CONTEXT": "e30="}], as_array=False)
+    plain = batch_script(_spec(SlurmCompute(**placeholders)))
     substitute = {SCRIPT_FIELDS[field]: value} if replaced else {}
     if env_value is not None:
         substitute["safe1"] = env_value
@@ -105,10 +105,14 @@ def test_every_slurm_string_is_refused_naming_its_field_or_reaches_the_script_qu
     # exactly as many expanding ones as the plain script's (which has its own, e.g. ${SLURM_JOB_ID}).
     for line, plain_line in zip(script.split("\n"), plain.split("\n"), strict=True):
         assert _expanding(line) == _expanding(plain_line), line
-    argv = compute.sbatch_args("saes", compute.job_settings("saes"), Path("/tmp/run"), None)
+    argv = sbatch_argv(_spec(compute), None)
     assert all("\n" not in arg for arg in argv)
     if compute.ssh_host:  # the login node's shell sees one string: it must split back into argv
         assert shlex.split(shlex.join(argv)) == argv
+
+
+def _spec(compute: SlurmCompute):  # noqa: ANN202
+    return compute.batch_spec("saes", "/tmp/run", [{"DAGSTER_PIPES_CONTEXT": "e30="}], as_array=False)
 
 
 def _expanding(line: str) -> int:
