@@ -25,7 +25,8 @@ def tiny_model_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from helpers import write_config
 
     from interp_assets.config import load_config
-    from interp_assets.worker import TaskContext, task_language_model
+    from interp_assets.tasks import TaskContext
+    from interp_assets.tasks.language_model import task_language_model
     from resources.storage import ArtifactStore
 
     root = tmp_path_factory.mktemp("tiny-model-cache")

@@ -20,7 +20,7 @@ from interp_assets.core.interventions import ALL_POSITIONS, Experiment, Interven
 from interp_assets.core.modeling import load_model_and_tokenizer
 from interp_assets.core.prompt_pairs import logit_diff, run_logits, tokenize_pairs
 from interp_assets.core.sae import SaeSpec, SparseAutoencoder
-from interp_assets.worker import tiny_model_relpath
+from interp_assets.artifacts import tiny_model_relpath
 from resources.storage import ArtifactStore
 
 HOOK = "mlp_post"

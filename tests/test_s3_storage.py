@@ -17,7 +17,7 @@ from helpers import write_config
 
 from interp_assets.config import load_config
 from interp_assets.definitions import build_definitions
-from interp_assets.worker import tiny_model_relpath
+from interp_assets.artifacts import tiny_model_relpath
 from resources.storage import ArtifactStore, open_store
 
 BUCKET = "lab-versioned"

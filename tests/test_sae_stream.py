@@ -22,7 +22,7 @@ from helpers import seed_tiny_model, tiny_config_dict, write_config
 
 from interp_assets.config import ConfigError, load_config, parse_config
 from interp_assets.definitions import build_definitions
-from interp_assets.worker import activations_relpath, sae_checkpoint_relpath, saes_relpath
+from interp_assets.artifacts import activations_relpath, sae_checkpoint_relpath, saes_relpath
 from resources.storage import ArtifactStore
 
 STREAM = {"data_source": "stream"}
@@ -192,12 +192,9 @@ def test_a_group_killed_after_its_usr1_checkpoint_resumes_to_the_weights_of_laye
 
 
 def test_array_tasks_are_one_per_layer_or_one_per_stream_group() -> None:
-    from interp_assets.worker import array_task_groups
-
     keys = ["10", "11", "12", "13", "14"]
-    assert array_task_groups("saes", keys, parse_config(_config({})).to_payload()) == [[k] for k in keys]
-    stream = parse_config(_config(STREAM)).to_payload()
-    assert array_task_groups("saes", keys, stream) == [keys]
-    grouped = parse_config(_config({**STREAM, "stream_layers_per_task": 2})).to_payload()
-    assert array_task_groups("saes", keys, grouped) == [["10", "11"], ["12", "13"], ["14"]]
-    assert array_task_groups("activations", keys, grouped) == [[k] for k in keys]
+    assert parse_config(_config({})).sae.layer_groups(keys) == [[k] for k in keys]
+    assert parse_config(_config(STREAM)).sae.layer_groups(keys) == [keys]
+    grouped = parse_config(_config({**STREAM, "stream_layers_per_task": 2})).sae
+    assert grouped.layer_groups(keys) == [["10", "11"], ["12", "13"], ["14"]]
+    assert grouped.layer_groups([10, 11, 12]) == [[10, 11], [12]]  # what the worker's own grouping gets

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -57,6 +58,9 @@ def run_worker(
         "config": config.to_payload(),
         "config_source": config.source_path,
         "partition_keys": partition_keys,
+        # How the range splits into independent units (SLURM: one array task each), decided here
+        # once, from the config; the worker groups its streamed layers the same way.
+        "task_groups": config.sae.layer_groups(partition_keys) if task == "saes" else [[k] for k in partition_keys],
     }
     invocation = compute.run(context, task=task, extras=extras)
     for message in invocation.get_custom_messages():
@@ -64,3 +68,18 @@ def run_worker(
             context.add_asset_metadata({k: _metadata_value(v) for k, v in metadata.items()}, partition_key=key)
     return invocation.get_materialize_result()
 
+
+
+def run_worker_with_checks(
+    context: dg.AssetExecutionContext,
+    compute: ComputeResource,
+    *,
+    task: str,
+    config: ExperimentConfig,
+    checks: Callable[[dict[str, Any]], list[dg.AssetCheckResult]],
+) -> dg.MaterializeResult:
+    """``run_worker``, then the asset's checks evaluated on the metadata the worker reported."""
+    result = run_worker(context, compute, task=task, config=config)
+    return dg.MaterializeResult(
+        metadata=result.metadata, data_version=result.data_version, check_results=checks(dict(result.metadata or {}))
+    )

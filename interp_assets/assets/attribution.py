@@ -7,7 +7,7 @@ import math
 
 import dagster as dg
 
-from interp_assets.assets._common import code_version, run_worker
+from interp_assets.assets._common import code_version, run_worker_with_checks
 from interp_assets.config import ExperimentConfig
 from interp_assets.partitions import behaviour_partitions
 from resources.compute import ComputeResource
@@ -60,11 +60,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         description=__doc__,
     )
     def attribution_graphs(context: dg.AssetExecutionContext, compute: ComputeResource) -> dg.MaterializeResult:
-        result = run_worker(context, compute, task="attribution_graphs", config=config)
-        return dg.MaterializeResult(
-            metadata=result.metadata,
-            data_version=result.data_version,
-            check_results=attribution_checks(result.metadata or {}),
-        )
+        return run_worker_with_checks(context, compute, task="attribution_graphs", config=config,
+                                      checks=attribution_checks)
 
     return [attribution_graphs]

@@ -4,7 +4,7 @@ corrupted prompts, with the checks that the model really has each behaviour."""
 # No `from __future__ import annotations`: Dagster reads the context/resource type hints at runtime.
 import dagster as dg
 
-from interp_assets.assets._common import code_version, run_worker
+from interp_assets.assets._common import code_version, run_worker_with_checks
 from interp_assets.config import ExperimentConfig
 from interp_assets.partitions import behaviour_partitions
 from resources.compute import ComputeResource
@@ -48,11 +48,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         description=__doc__,
     )
     def baselines(context: dg.AssetExecutionContext, compute: ComputeResource) -> dg.MaterializeResult:
-        result = run_worker(context, compute, task="baselines", config=config)
-        return dg.MaterializeResult(
-            metadata=result.metadata,
-            data_version=result.data_version,
-            check_results=baseline_checks(result.metadata or {}, config.baselines.min_accuracy),
-        )
+        return run_worker_with_checks(context, compute, task="baselines", config=config,
+                                      checks=lambda metadata: baseline_checks(metadata, config.baselines.min_accuracy))
 
     return [baselines]

@@ -5,7 +5,7 @@ See interp_assets/core/interventions.py for the definitions."""
 # No `from __future__ import annotations`: Dagster reads the context/resource type hints at runtime.
 import dagster as dg
 
-from interp_assets.assets._common import code_version, run_worker
+from interp_assets.assets._common import code_version, run_worker_with_checks
 from interp_assets.config import ExperimentConfig
 from interp_assets.partitions import behaviour_partitions
 from resources.compute import ComputeResource
@@ -48,11 +48,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         description=__doc__,
     )
     def interventions(context: dg.AssetExecutionContext, compute: ComputeResource) -> dg.MaterializeResult:
-        result = run_worker(context, compute, task="interventions", config=config)
-        return dg.MaterializeResult(
-            metadata=result.metadata,
-            data_version=result.data_version,
-            check_results=intervention_checks(result.metadata or {}),
-        )
+        return run_worker_with_checks(context, compute, task="interventions", config=config,
+                                      checks=intervention_checks)
 
     return [interventions]

@@ -6,11 +6,11 @@ import random
 import dagster as dg
 import polars as pl
 
+from interp_assets.artifacts import behaviour_seed, prompts_relpath
 from interp_assets.config import ExperimentConfig
 from interp_assets.core.behaviours import generate_prompts
 from interp_assets.assets._common import code_version, tag_run
 from interp_assets.partitions import behaviour_partitions
-from interp_assets.worker import behaviour_seed, prompts_relpath
 from resources.storage import open_store
 
 LOGIC_VERSION = "1"

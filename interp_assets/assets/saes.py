@@ -5,7 +5,7 @@ one array job). Output per layer: a SAELens-loadable folder + our training recor
 # No `from __future__ import annotations`: Dagster reads the context/resource type hints at runtime.
 import dagster as dg
 
-from interp_assets.assets._common import code_version, run_worker
+from interp_assets.assets._common import code_version, run_worker_with_checks
 from interp_assets.config import ExperimentConfig
 from interp_assets.partitions import layer_partitions
 from resources.compute import ComputeResource
@@ -65,11 +65,8 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         description=__doc__,
     )
     def saes(context: dg.AssetExecutionContext, compute: ComputeResource) -> dg.MaterializeResult:
-        result = run_worker(context, compute, task="saes", config=config)
-        return dg.MaterializeResult(
-            metadata=result.metadata,
-            data_version=result.data_version,
-            check_results=sae_checks(result.metadata or {}, config.sae.min_explained_variance, config.sae.max_dead_fraction),
-        )
+        return run_worker_with_checks(context, compute, task="saes", config=config,
+                                      checks=lambda metadata: sae_checks(metadata, config.sae.min_explained_variance,
+                                                                         config.sae.max_dead_fraction))
 
     return [saes]

@@ -45,24 +45,27 @@ TRAINER_VERSION = 3
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    architecture: str = "standard"
+    """How one SAE is trained. No defaults here: the experiment config's ``sae`` section is their
+    one home (``SaeSection.trainer_config()`` builds this), so the two cannot disagree."""
+
+    architecture: str
     """cfg.json architecture: standard (ReLU + L1) or topk."""
-    expansion_factor: int = 4
-    k: int = 64
-    batch_size: int = 256
-    steps: int = 50_000
-    lr: float = 4e-4
-    lr_warmup_steps: int = 1000
-    lr_decay_steps: int = 10_000
-    l1_coefficient: float = 5.0
-    l1_warmup_steps: int = 5000
-    aux_k_coefficient: float = 1 / 32
-    dead_window_steps: int = 200
+    expansion_factor: int
+    k: int
+    batch_size: int
+    steps: int
+    lr: float
+    lr_warmup_steps: int
+    lr_decay_steps: int
+    l1_coefficient: float
+    l1_warmup_steps: int
+    aux_k_coefficient: float
+    dead_window_steps: int
     """A latent that has not fired for this many steps counts as dead (and feeds AuxK)."""
-    grad_clip: float = 1.0
-    checkpoint_every: int = 5000
-    log_every: int = 100
-    seed: int = 0
+    grad_clip: float
+    checkpoint_every: int
+    log_every: int
+    seed: int
 
     def fingerprint(self, data_fingerprint: str) -> str:
         """Identifies a training run; a checkpoint from another config or data is never resumed."""
@@ -384,3 +387,9 @@ def _read_checkpoint(load: Callable[[], bytes | None], fingerprint: str, log: Ca
         log("WARNING: the checkpoint belongs to another config or data; training restarts from step 0")
         return None
     return state
+
+
+def checkpoint_step(blob: bytes | None, fingerprint: str) -> int | None:
+    """The step a checkpoint was saved at; None when it is absent, unreadable or another run's."""
+    state = _read_checkpoint(lambda: blob, fingerprint, log=lambda message: None)
+    return None if state is None else int(state["step"])

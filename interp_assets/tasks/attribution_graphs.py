@@ -1,0 +1,132 @@
+"""Phase 4: the pruned attribution graph of one behaviour over the key layers' SAE features:
+nodes and edges (Parquet), circuit-tracer / Neuronpedia graph JSON, a picture, and how well the
+linear estimate agrees with exact patching."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from interp_assets.artifacts import attribution_relpath, prompts_relpath
+from interp_assets.tasks.common import (
+    TaskContext, TaskResult, combined_version, key_layers, load_model, load_saes, md, prompt_pairs,
+)
+from resources.storage import sha256_file
+
+
+def task_attribution_graphs(ctx: TaskContext) -> TaskResult:
+    """Phase 4: the pruned attribution graph of one behaviour over the key layers' SAE features."""
+    import polars as pl
+
+    from interp_assets.core.attribution import (
+        AttributionSettings, attribution_graph, exact_patch_effects, graph_json, node_id, rank_agreement,
+    )
+    from interp_assets.core.hooks import decoder_layers, transformer_lens_name
+    from interp_assets.core.plots import attribution_graph_figure, png_markdown
+
+    config, section = ctx.config, ctx.config.attribution
+    (behaviour,) = ctx.partition_keys
+    layers = key_layers(config)
+    prompts = ctx.store.read_parquet(prompts_relpath(behaviour))
+    train = prompts.filter(pl.col("split") == "train")
+    model, tokenizer = load_model(ctx)
+    saes = load_saes(ctx, layers)
+    pairs = prompt_pairs(tokenizer, train)
+    ctx.log(f"attribution {behaviour}: {len(pairs)} train pairs ({pairs.n_unequal_length} left out: clean and "
+            f"corrupted lengths differ), layers {layers}, {section.method}")
+    settings = AttributionSettings(
+        method=section.method, ig_steps=section.ig_steps, node_threshold=section.node_threshold,
+        edge_threshold=section.edge_threshold, max_nodes_per_layer=section.max_nodes_per_layer,
+        batch_size=config.baselines.batch_size,
+    )
+    pad = tokenizer.pad_token_id
+    graph = attribution_graph(model, saes, pairs, config.activations.hook_point, settings, pad, log=ctx.log)
+
+    # How good is the linear estimate? Patch the top features for real and compare.
+    features = sorted((n for n in graph.nodes if not n.is_error), key=lambda n: -abs(n.attribution))[:10]
+    exact = exact_patch_effects(model, saes, pairs, features, config.activations.hook_point, pad, settings.batch_size)
+    agreement = rank_agreement([n.attribution for n in features], exact)
+    ctx.log(f"attribution {behaviour}: top-{len(features)} features, sign agreement with exact patching "
+            f"{agreement['sign_agreement']:.2f}, Spearman {agreement['spearman']:.2f}")
+
+    width = graph.max_length
+    ids = [node_id(n, width) for n in graph.nodes]
+    exact_by_id = {node_id(n, width): e for n, e in zip(features, exact, strict=True)}
+    nodes_table = pl.DataFrame({
+        "node_id": ids,
+        "layer": [n.layer for n in graph.nodes],
+        "offset": [n.offset for n in graph.nodes],
+        "ctx_idx": [width + n.offset for n in graph.nodes],
+        "feature": [n.feature for n in graph.nodes],
+        "feature_type": ["error" if n.is_error else "feature" for n in graph.nodes],
+        "attribution": [n.attribution for n in graph.nodes],
+        "activation_clean": [n.activation_clean for n in graph.nodes],
+        "activation_corrupted": [n.activation_corrupted for n in graph.nodes],
+        "exact_patch_effect": [exact_by_id.get(i) for i in ids],
+    }, schema_overrides={"exact_patch_effect": pl.Float64})
+    edges_table = pl.DataFrame({
+        "source": [ids[e.source] for e in graph.edges],
+        "target": [ids[e.target] for e in graph.edges],
+        "weight": [e.weight for e in graph.edges],
+        "source_layer": [graph.nodes[e.source].layer for e in graph.edges],
+        "target_layer": [graph.nodes[e.target].layer for e in graph.edges],
+    }, schema={"source": pl.String, "target": pl.String, "weight": pl.Float64,
+               "source_layer": pl.Int64, "target_layer": pl.Int64})
+    longest = max(range(len(pairs)), key=lambda i: len(pairs.clean[i])) if len(pairs) else 0
+    prompt_tokens = tokenizer.convert_ids_to_tokens(pairs.clean[longest]) if len(pairs) else []
+    target, foil = train["target"][pairs.rows[longest]], train["foil"][pairs.rows[longest]]
+    hook_names = {layer: transformer_lens_name(config.activations.hook_point, layer) for layer in layers}
+    document = graph_json(
+        graph, slug=f"{config.experiment.name}-{behaviour}", scan=config.model.name,
+        prompt=train["clean"][pairs.rows[longest]], prompt_tokens=prompt_tokens, hook_names=hook_names,
+        n_model_layers=len(decoder_layers(model)), metric_label=f"logit({target!r}) − logit({foil!r})",
+    )
+    png = attribution_graph_figure(
+        [{"layer": n.layer, "offset": n.offset, "feature": n.feature, "attribution": n.attribution} for n in graph.nodes],
+        [{"source_index": e.source, "target_index": e.target, "weight": e.weight} for e in graph.edges],
+        f"{behaviour}: attribution graph ({len(graph.nodes)} nodes, {len(graph.edges)} edges)",
+    )
+    summary = {
+        "behaviour": behaviour, "key_layers": layers, "method": section.method, "n_prompts": graph.n_prompts,
+        "n_pairs_left_out": pairs.n_unequal_length, "n_nodes": len(graph.nodes), "n_edges": len(graph.edges),
+        "n_feature_nodes": sum(not n.is_error for n in graph.nodes),
+        "mean_logit_diff_clean": graph.mean_logit_diff_clean,
+        "mean_logit_diff_corrupted": graph.mean_logit_diff_corrupted,
+        "layer_totals": {str(k): v for k, v in graph.layer_totals.items()},
+        "agreement_with_exact_patching": agreement,
+    }
+    relpath = attribution_relpath(config, behaviour)
+    with tempfile.TemporaryDirectory(prefix="attribution-") as tmp:
+        nodes_table.write_parquet(Path(tmp) / "nodes.parquet")
+        edges_table.write_parquet(Path(tmp) / "edges.parquet")
+        (Path(tmp) / "graph.json").write_text(json.dumps(document, indent=1, allow_nan=False))
+        (Path(tmp) / "graph.png").write_bytes(png)
+        (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        versions = {name: sha256_file(Path(tmp) / name) for name in ("nodes.parquet", "edges.parquet", "graph.json")}
+        ctx.store.put_dir(relpath, tmp)
+    top = nodes_table.sort(pl.col("attribution").abs(), descending=True).head(10)
+    top_md = "| node | layer | offset | feature | attribution | exact patch effect |\n|---|---|---|---|---|---|\n" + "\n".join(
+        f"| {r['node_id']} | {r['layer']} | {r['offset']} | {r['feature']} | {r['attribution']:+.4f} | "
+        f"{'' if r['exact_patch_effect'] is None else format(r['exact_patch_effect'], '+.4f')} |"
+        for r in top.iter_rows(named=True)
+    )
+    return TaskResult(
+        metadata={
+            "path": ctx.store.url(relpath),
+            "n_nodes": len(graph.nodes),
+            "n_feature_nodes": summary["n_feature_nodes"],
+            "n_edges": len(graph.edges),
+            "n_prompts": graph.n_prompts,
+            "key_layers": {"raw_value": layers, "type": "json"},
+            "method": section.method,
+            "mean_logit_diff_clean": graph.mean_logit_diff_clean,
+            "mean_logit_diff_corrupted": graph.mean_logit_diff_corrupted,
+            "sign_agreement_with_exact_patching": agreement["sign_agreement"],
+            "spearman_with_exact_patching": agreement["spearman"],
+            "layer_totals": {"raw_value": summary["layer_totals"], "type": "json"},
+            "top_nodes": md(top_md),
+            "graph": md(png_markdown(png, f"{behaviour} attribution graph")),
+        },
+        data_version=combined_version(versions),
+    )

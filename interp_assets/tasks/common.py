@@ -1,0 +1,100 @@
+"""What every phase's task shares: its context and result, the model it loads, the corpus, the
+SAEs and prompt pairs the circuit phases read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from interp_assets.artifacts import behaviour_seed, saes_relpath, tiny_model_relpath
+from interp_assets.config import ExperimentConfig
+from resources.storage import ArtifactStore
+
+
+@dataclass
+class TaskResult:
+    metadata: dict[str, Any]
+    """Pipes metadata: raw values, or {"raw_value": ..., "type": "md" | "json" | ...}."""
+    data_version: str | None = None
+    partitions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-partition metadata of a range run, recorded by the asset for each partition key."""
+
+
+@dataclass
+class TaskContext:
+    config: ExperimentConfig
+    store: ArtifactStore
+    partition_keys: list[str]
+    log: Callable[[str], None]
+
+
+def combined_version(versions: dict[str, str]) -> str:
+    """One data version for several outputs (file name or layer -> sha256)."""
+    return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()
+
+
+def md(text: str) -> dict[str, Any]:
+    """Markdown metadata (a picture, a table) in the Pipes form the asset side decodes."""
+    return {"raw_value": text, "type": "md"}
+
+
+def model_dir(ctx: TaskContext) -> Path:
+    if ctx.config.model.source == "pretrained":
+        return Path(ctx.config.model.path or "")
+    relpath = tiny_model_relpath(ctx.config)
+    try:
+        return ctx.store.local_dir(relpath)
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"the tiny model {ctx.store.url(relpath)} is not built: materialize language_model first"
+        ) from None
+
+
+def load_model(ctx: TaskContext):  # noqa: ANN201
+    from interp_assets.core.modeling import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(model_dir(ctx), ctx.config.model.dtype, ctx.config.model.device)
+
+
+def corpus_texts(config: ExperimentConfig) -> list[str]:
+    """The SAE-training corpus: ``activations.corpus_path`` (one document per line), or text
+    generated from the behaviours."""
+    section = config.activations
+    if section.corpus_path:
+        path = Path(section.corpus_path)
+        if not path.is_absolute() and config.source_path:
+            path = Path(config.source_path).parent / path
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return lines[: section.corpus_sequences]
+    from interp_assets.core.behaviours import generate_corpus
+
+    # One sentence per document: the tiny model is trained on sentences that never attend to
+    # each other, so this is the distribution its activations come from.
+    return generate_corpus(section.corpus_sequences, behaviour_seed(config.experiment.seed, "corpus"))
+
+
+def load_saes(ctx: TaskContext, layers: list[int]) -> dict:
+    from interp_assets.core.sae import load_sae
+
+    saes = {}
+    for layer in layers:
+        relpath = saes_relpath(ctx.config, layer)
+        if not ctx.store.is_complete_dir(relpath):
+            raise RuntimeError(f"layer {layer}: no trained SAE at {ctx.store.url(relpath)}: materialize saes first")
+        saes[layer] = load_sae(ctx.store.local_dir(relpath))
+    return saes
+
+
+def key_layers(config: ExperimentConfig) -> list[int]:
+    return sorted(config.attribution.key_layers or config.activations.layers)
+
+
+def prompt_pairs(tokenizer, table):  # noqa: ANN001, ANN202
+    from interp_assets.core.prompt_pairs import tokenize_pairs
+
+    return tokenize_pairs(tokenizer, table["clean"].to_list(), table["corrupted"].to_list(),
+                          table["target"].to_list(), table["foil"].to_list())

@@ -1,0 +1,100 @@
+"""Phase 3: one SAE per layer of the run, trained from the stored activations one after another
+(``sae.data_source: cached``) or side by side from the model's own forward passes (``stream``,
+in ``saes_stream``); each resumes from its checkpoint and is skipped when already published for
+the same config and data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from interp_assets.artifacts import activations_relpath, sae_checkpoint_relpath, saes_relpath
+from interp_assets.checkpoint_signal import checkpoint_requested
+from interp_assets.tasks.common import TaskContext, TaskResult, combined_version, load_model, md
+from interp_assets.tasks.sae_publish import published_summary, publish_sae, saelens_metadata
+from interp_assets.tasks.saes_stream import train_sae_group_streamed
+
+
+def task_saes(ctx: TaskContext) -> TaskResult:
+    """One SAE per layer of the run: cached, one after another; streamed, a group at a time."""
+    from interp_assets.core.plots import png_markdown
+
+    model, tokenizer = load_model(ctx)
+    layers = sorted(int(key) for key in ctx.partition_keys)
+    summaries, partitions = {}, {}
+    if ctx.config.sae.data_source == "stream":
+        trained = {}
+        for group in ctx.config.sae.layer_groups(layers):
+            trained.update(train_sae_group_streamed(ctx, group, model, tokenizer))
+    for layer in layers:
+        if ctx.config.sae.data_source == "stream":
+            summary = trained[layer]
+        else:
+            summary = train_one_sae(ctx, layer, model, tokenizer)
+        summaries[str(layer)] = summary
+        png = ctx.store.read_bytes(f"{saes_relpath(ctx.config, layer)}/training_curve.png")
+        partitions[str(layer)] = {
+            **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
+            "path": ctx.store.url(saes_relpath(ctx.config, layer)),
+            "training_curve": md(png_markdown(png, f"layer {layer} SAE training curve")),
+        }
+    return TaskResult(
+        metadata={
+            "layers": {"raw_value": layers, "type": "json"},
+            "explained_variance": {"raw_value": {k: s["explained_variance"] for k, s in summaries.items()}, "type": "json"},
+            "dead_fraction": {"raw_value": {k: s["dead_fraction"] for k, s in summaries.items()}, "type": "json"},
+            "l0": {"raw_value": {k: s["l0"] for k, s in summaries.items()}, "type": "json"},
+            "ce_loss_recovered": {"raw_value": {k: s["ce_loss_recovered"] for k, s in summaries.items()}, "type": "json"},
+        },
+        data_version=combined_version({k: s["weights_sha256"] for k, s in summaries.items()}),
+        partitions=partitions,
+    )
+
+
+def train_one_sae(ctx: TaskContext, layer: int, model, tokenizer) -> dict[str, Any]:  # noqa: ANN001
+    """Train (or resume, or skip when already done for this config and data) one layer's SAE."""
+    from interp_assets.core.sae_data import ShardedActivations, ShuffledBatches
+    from interp_assets.core.sae_training import train_sae
+
+    config, store = ctx.config, ctx.store
+    act_relpath = activations_relpath(config, layer)
+    checkpoint = sae_checkpoint_relpath(config, layer)
+    if not store.exists(f"{act_relpath}/manifest.json"):
+        raise RuntimeError(f"layer {layer}: no activations at {store.url(act_relpath)}: materialize activations first")
+    manifest_bytes = store.read_bytes(f"{act_relpath}/manifest.json")
+    manifest = json.loads(manifest_bytes)
+    trainer_config = config.sae.trainer_config()
+    fingerprint = trainer_config.fingerprint(hashlib.sha256(manifest_bytes).hexdigest())
+
+    published = published_summary(ctx, layer, fingerprint)  # a retry of a range run skips finished layers
+    if published is not None:
+        return published
+
+    shards = [store.local_file(f"{act_relpath}/{s['file']}") for s in manifest["sources"]["corpus"]["shards"]]
+    total = manifest["sources"]["corpus"]["n_vectors"]
+    data = ShardedActivations(shards, held_out=min(config.sae.eval_vectors, total // 10))
+    batches = ShuffledBatches(data, trainer_config.batch_size, seed=trainer_config.seed,
+                              chunk_vectors=config.sae.shuffle_buffer_vectors)
+    metadata = saelens_metadata(ctx, layer, dataset_path=store.url(act_relpath))
+    ctx.log(f"layer {layer}: training a {trainer_config.architecture} SAE {data.d_in}→"
+            f"{data.d_in * trainer_config.expansion_factor} on {data.n_vectors} vectors, {trainer_config.steps} steps")
+
+    def load_checkpoint() -> bytes | None:
+        return store.read_bytes(checkpoint) if store.exists(checkpoint) else None
+
+    result = train_sae(
+        batches,
+        trainer_config,
+        data_fingerprint=hashlib.sha256(manifest_bytes).hexdigest(),
+        metadata=metadata,
+        device=model.device if model is not None else "cpu",
+        load_checkpoint=load_checkpoint,
+        save_checkpoint=lambda blob: store.write_bytes(checkpoint, blob),
+        log=lambda message: ctx.log(f"layer {layer}: {message}"),
+        eval_vectors=data.held_out_vectors(),
+        checkpoint_requested=checkpoint_requested,
+    )
+    return publish_sae(ctx, layer, result, fingerprint, model, tokenizer)
+
+
