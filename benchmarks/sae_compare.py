@@ -126,15 +126,16 @@ def rss_mib() -> float:
 
 # ---- the three trainers (each runs in its own child process) --------------------------------------
 def train_ours(args, batches: ShuffledBatches, held_out: torch.Tensor) -> float:
-    from interp_assets.core.sae_training import TrainerConfig, train_sae
+    from interp_assets.config import SaeSection
+    from interp_assets.core.sae_training import train_sae
 
-    config = TrainerConfig(
-        architecture="standard" if args.arch == "relu" else "topk", expansion_factor=args.expansion, k=args.k,
+    config = SaeSection(
+        architecture=args.arch, expansion_factor=args.expansion, k=args.k,
         batch_size=args.batch, steps=args.steps, lr=args.lr, lr_warmup_steps=args.warmup, lr_decay_steps=0,
         l1_coefficient=args.l1, l1_warmup_steps=args.warmup, aux_k_coefficient=args.aux_k,
         dead_window_steps=args.dead_window, grad_clip=1.0, checkpoint_every=10**9, log_every=args.steps,
         seed=args.seed,
-    )
+    ).trainer_config()
     result = train_sae(batches, config, data_fingerprint="bench", device=args.device)
     from interp_assets.core.sae_training import evaluate_explained_variance
 

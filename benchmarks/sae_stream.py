@@ -51,11 +51,11 @@ def _sync(device: str) -> None:
 
 
 def _trainer_config(args: argparse.Namespace, steps: int):  # noqa: ANN202
-    from interp_assets.core.sae_training import TrainerConfig
+    from interp_assets.config import SaeSection
 
-    return TrainerConfig(architecture=args.architecture, expansion_factor=args.expansion, k=args.k, batch_size=args.batch,
-                         steps=steps, lr=4e-4, lr_warmup_steps=0, lr_decay_steps=0, l1_warmup_steps=10,
-                         checkpoint_every=10**9, log_every=1)
+    return SaeSection(architecture=args.architecture, expansion_factor=args.expansion, k=args.k, batch_size=args.batch,
+                      steps=steps, lr=4e-4, lr_warmup_steps=0, lr_decay_steps=0, l1_warmup_steps=10,
+                      checkpoint_every=10**9, log_every=1, dead_window_steps=200).trainer_config()
 
 
 def _setup(args: argparse.Namespace):  # noqa: ANN202
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--sae-layers", default="1-2", help="layers with an SAE: 'a-b' or 'a,b,c'")
     parser.add_argument("--hook-point", default="mlp_post")
     parser.add_argument("--model-dtype", default="float32")
-    parser.add_argument("--architecture", default="standard", choices=["standard", "topk"])
+    parser.add_argument("--architecture", default="relu", choices=["relu", "topk"])
     parser.add_argument("--expansion", type=int, default=1)
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32, help="SAE batch (vectors per step)")

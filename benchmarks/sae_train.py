@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from interp_assets.config import SaeSection  # noqa: E402
 from interp_assets.core.sae_data import ShardedActivations, ShuffledBatches  # noqa: E402
 from interp_assets.core.sae_training import (  # noqa: E402
     TrainerConfig,
@@ -108,7 +109,7 @@ def main() -> None:
     parser.add_argument("--expansion", type=int, default=4)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--architecture", choices=["standard", "topk"], default="standard")
+    parser.add_argument("--architecture", choices=["relu", "topk"], default="relu")
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--vectors", type=int, default=32_768, help="stored vectors (re-epoched as needed)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -116,11 +117,12 @@ def main() -> None:
     args = parser.parse_args()
 
     log_every = max(args.steps // 10, 1)
-    config = TrainerConfig(
+    config = SaeSection(
         architecture=args.architecture, expansion_factor=args.expansion, k=args.k, batch_size=args.batch,
         steps=args.steps, lr=4e-4, lr_warmup_steps=min(100, args.steps // 10), lr_decay_steps=args.steps // 5,
         l1_coefficient=5.0, l1_warmup_steps=args.steps // 5, checkpoint_every=10**9, log_every=log_every,
-    )
+        dead_window_steps=200,
+    ).trainer_config()
     with tempfile.TemporaryDirectory() as tmp:
         shard = Path(tmp) / "corpus-00000.safetensors"
         generator = torch.Generator().manual_seed(0)
@@ -141,7 +143,7 @@ def main() -> None:
     flops_per_step = 6 * 2 * args.batch * args.d_in * d_sae  # enc+dec forward, and twice that backward
     record = {
         "benchmark": "sae_train",
-        "shape": {"d_in": args.d_in, "d_sae": d_sae, "batch": args.batch, "architecture": args.architecture,
+        "shape": {"d_in": args.d_in, "d_sae": d_sae, "batch": args.batch, "architecture": config.architecture,
                   "k": args.k if args.architecture == "topk" else None, "activation_dtype": "bfloat16",
                   "weight_dtype": "float32"},
         "steps": args.steps,
@@ -159,7 +161,7 @@ def main() -> None:
         "note": "random Gaussian activations: R² measures fitting noise, not feature quality; steps/s is the figure",
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"sae_train_{args.architecture}_{args.d_in}x{d_sae}_b{args.batch}_{args.device}.json"
+    path = args.out / f"sae_train_{config.architecture}_{args.d_in}x{d_sae}_b{args.batch}_{args.device}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     print(f"wrote {path}")

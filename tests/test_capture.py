@@ -12,14 +12,15 @@ from interp_assets.core.behaviours import generate_corpus, generate_prompts
 from interp_assets.core.capture import CaptureSource, capture_activations
 from interp_assets.core.hooks import recording
 from interp_assets.core.modeling import load_model_and_tokenizer, tokenize_batches
-from interp_assets.core.tiny_model import TinyModelSpec, build_tiny_model
+from interp_assets.config import TinyModelSection
+from interp_assets.core.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def briefly_trained(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """A tiny model trained for a few steps: real weights and tokenizer, built in seconds."""
     out = tmp_path_factory.mktemp("tiny-brief")
-    build_tiny_model(TinyModelSpec(train_steps=5, corpus_sentences=3000), out, log=lambda m: None)
+    build_tiny_model(TinyModelSection(train_steps=5, corpus_sentences=3000).spec(), out, log=lambda m: None)
     return load_model_and_tokenizer(out, "float32", "cpu")
 
 

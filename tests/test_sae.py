@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from interp_assets.core.sae import SaeSpec, SparseAutoencoder, explained_variance, load_sae, save_sae
 from interp_assets.core.sae_data import ShardedActivations, ShuffledBatches
+from interp_assets.config import SaeSection
 from interp_assets.core.sae_training import TrainerConfig, train_sae
 
 
@@ -40,10 +41,10 @@ def shards(tmp_path: Path) -> list[Path]:
     return _write_shards(tmp_path, _sparse_data(6000), per_shard=1000)
 
 
-SMALL = TrainerConfig(
+SMALL = SaeSection(
     batch_size=64, steps=120, lr=3e-3, lr_warmup_steps=10, lr_decay_steps=30, l1_coefficient=0.05,
-    l1_warmup_steps=20, checkpoint_every=40, log_every=20, expansion_factor=4, k=4,
-)
+    l1_warmup_steps=20, checkpoint_every=40, log_every=20, expansion_factor=4, k=4, dead_window_steps=200,
+).trainer_config()
 
 
 @pytest.mark.parametrize("architecture", ["standard", "topk"])

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from interp_assets.config import SaeSection
 from interp_assets.core.sae import SaeSpec, SparseAutoencoder, decoder_norm_weighted_l1
 from interp_assets.core.sae_training import (
     TrainerConfig,
@@ -74,7 +75,7 @@ def test_topk_loss_with_few_or_no_dead_latents_matches_the_full_selection(n_dead
     # On CPU the AuxK selection is cut to the number of dead latents (and skipped at zero).
     sae = SparseAutoencoder(SaeSpec(d_in=16, d_sae=64, architecture="topk", k=4)).double()
     sae.initialize(torch.Generator().manual_seed(0))
-    config = TrainerConfig(architecture="topk", k=4)
+    config = SaeSection(architecture="topk", k=4, dead_window_steps=200).trainer_config()
     x = torch.randn(10, 16, dtype=torch.float64)
     dead = torch.zeros(64, dtype=torch.bool)
     dead[torch.randperm(64)[:n_dead]] = True
@@ -96,7 +97,7 @@ def test_standard_step_gradients_match_autograd(reuse_buffers: bool) -> None:
         sae.b_enc.normal_(std=0.1)
         sae.W_dec[5] = 0.0  # a zero decoder row
         sae.W_dec[7] *= 3.0
-    config = TrainerConfig(architecture="standard")
+    config = SaeSection(architecture="relu", dead_window_steps=200).trainer_config()
     x = torch.randn(9, 12, dtype=torch.float64)
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
     loss, want_terms, want_fired = _losses(sae, x, config, 2.5, torch.zeros(48, dtype=torch.bool))

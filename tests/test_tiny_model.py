@@ -19,10 +19,11 @@ from interp_assets.core.behaviours import (
     generate_corpus,
     generate_prompts,
 )
-from interp_assets.core.tiny_model import EOS_TOKEN, TinyModelSpec, build_tiny_model, train_tokenizer
+from interp_assets.config import TinyModelSection
+from interp_assets.core.tiny_model import EOS_TOKEN, build_tiny_model, train_tokenizer
 
 # A build small enough for a unit test; determinism does not depend on the number of steps.
-FAST_SPEC = TinyModelSpec(train_steps=20, corpus_sentences=4000, seed=0)
+FAST_SPEC = TinyModelSection(train_steps=20, corpus_sentences=4000, seed=0).spec()
 
 
 def _sha256(path: Path) -> str:
@@ -80,7 +81,7 @@ def test_corpus_deterministic_and_complete_sentences() -> None:
 
 # --------------------------------------------------------------------------- tokenizer
 def test_tokenizer_single_token_vocabulary() -> None:
-    spec = TinyModelSpec()
+    spec = TinyModelSection().spec()
     tokenizer = train_tokenizer(spec, generate_corpus(spec.corpus_sentences, spec.seed))
     assert tokenizer.get_vocab_size() <= spec.vocab_size
     for word in NAMES + COUNTRIES + CAPITALS:

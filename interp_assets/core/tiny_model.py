@@ -53,33 +53,25 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class TinyModelSpec:
-    """Everything that determines the tiny model; the same spec builds the same bytes."""
+    """Everything that determines the tiny model; the same spec builds the same bytes. No defaults
+    here: the experiment config's ``model.tiny`` section is their one home (with the reasons for
+    each value), and ``TinyModelSection.spec()`` builds this."""
 
-    hidden_size: int = 64  # d_model
-    intermediate_size: int = 256  # d_mlp: width of the MLP post-activation (input of down_proj)
-    num_layers: int = 6
-    num_heads: int = 4  # query heads; head_dim = hidden_size // num_heads = 16
-    num_kv_heads: int = 2  # grouped-query attention, as in Qwen2.5
-    # Embedding rows. The BPE stops merging once every corpus word is one token (~645 tokens with
-    # the 256 byte symbols), so 768 leaves every name/country/capital a single " Word" token;
-    # unused rows are padding, as in Qwen's own 151936-row embedding.
-    vocab_size: int = 768
-    # Tokens per training window: the longest corpus sentence + EOS is 18 tokens; short ones pack
-    # two to a window. Step cost grows with batch_size * seq_len (~55 ms for 64 x 18 here).
-    seq_len: int = 18
-    # IOI is learned by ~500 steps and capitals by ~200; 1300 keeps the default build under ~80 s
-    # here (1500 steps took 80-88 s) with the same 100 % accuracy.
-    train_steps: int = 1300
-    batch_size: int = 64  # sequences per step
-    lr: float = 3e-3  # AdamW peak learning rate
-    warmup_steps: int = 100  # linear warm-up, then cosine decay to lr / 10
-    weight_decay: float = 0.01
-    # Init std of every weight matrix (Qwen2Config.initializer_range). Qwen2's 0.02 suits
-    # d_model in the thousands; at d_model 64 it leaves attention scores near 0, and IOI sat at
-    # chance for ~1000 steps (< 90 % after 1500) here, while ~1/sqrt(d_model) learns it in ~500.
-    init_std: float = 0.1
-    corpus_sentences: int = 40_000  # sentences generated for training (and later the SAE corpus)
-    seed: int = 0  # corpus, tokenizer, init and batch order all derive from it
+    hidden_size: int  # d_model
+    intermediate_size: int  # d_mlp: width of the MLP post-activation (input of down_proj)
+    num_layers: int
+    num_heads: int  # query heads
+    num_kv_heads: int  # grouped-query attention, as in Qwen2.5
+    vocab_size: int
+    seq_len: int
+    train_steps: int
+    batch_size: int  # sequences per step
+    lr: float  # AdamW peak learning rate
+    warmup_steps: int  # linear warm-up, then cosine decay to lr / 10
+    weight_decay: float
+    init_std: float  # init std of every weight matrix (Qwen2Config.initializer_range)
+    corpus_sentences: int  # sentences generated for training (and later the SAE corpus)
+    seed: int  # corpus, tokenizer, init and batch order all derive from it
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
