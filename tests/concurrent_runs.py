@@ -61,18 +61,18 @@ def slot_holders(instance: dg.DagsterInstance) -> set[str]:
     return {slot.run_id for slot in instance.event_log_storage.get_concurrency_info(POOL).claimed_slots}
 
 
-def run_log(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogEntry]:
+def run_events(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogEntry]:
     return list(instance.all_logs(run_id))
 
 
 def was_blocked(instance: dg.DagsterInstance, run_id: str) -> bool:
-    return any(entry.user_message.startswith(BLOCKED) for entry in run_log(instance, run_id))
+    return any(entry.user_message.startswith(BLOCKED) for entry in run_events(instance, run_id))
 
 
 def step_window(instance: dg.DagsterInstance, run_id: str, step_key: str) -> tuple[float, float]:
     """(timestamp of STEP_START, timestamp of STEP_SUCCESS) of ``step_key`` in the run."""
     start = end = None
-    for entry in run_log(instance, run_id):
+    for entry in run_events(instance, run_id):
         event = entry.dagster_event
         if event is None or event.step_key != step_key:
             continue

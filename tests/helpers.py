@@ -39,6 +39,22 @@ def write_config(directory: Path, updates: dict[str, Any] | None = None, name: s
     return path
 
 
+def copy_study(source_root: str | Path, target: Path, folders: tuple[str, ...],
+               updates: dict[str, Any] | None = None) -> Path:
+    """A new study under ``target`` whose storage starts with ``folders`` copied from another
+    study's storage root; its config is tiny.yaml with ``updates``."""
+    import shutil
+
+    for folder in folders:
+        shutil.copytree(Path(source_root) / folder, target / "storage" / folder)
+    return write_config(target, updates)
+
+
+def run_log(instance: Any, run_id: str) -> str:
+    """Every log line of a run as the UI shows it, the worker's Pipes logs included."""
+    return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
+
+
 def seed_tiny_model(storage_root: str | Path, built_storage: Path) -> None:
     """Copy an already built tiny model into another storage root (same spec, same folder)."""
     import shutil

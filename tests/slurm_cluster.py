@@ -28,8 +28,23 @@ def stop_cluster() -> None:
     subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=120)
 
 
-def run_log(instance: dg.DagsterInstance, run_id: str) -> str:
-    return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
+@pytest.fixture(scope="module", autouse=True)
+def cluster_lifetime():  # noqa: ANN201
+    """Imported by each SLURM test module: its cluster is stopped when the module is done."""
+    yield
+    stop_cluster()
+
+
+def jobs(*ids: str, name: str | None = None) -> list[dict[str, str]]:
+    """Every job the controller knows (finished ones included), oldest first; or just ``ids``, or
+    those named ``name``."""
+    argv = ["squeue", "-h", "-t", "all", "-o", "%A|%F|%K|%j|%T"]
+    if ids:
+        argv += ["-j", ",".join(ids)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout
+    keys = ("job_id", "array_job_id", "array_index", "name", "state")
+    rows = [dict(zip(keys, line.split("|"), strict=True)) for line in out.split()]
+    return sorted((r for r in rows if name is None or r["name"] == name), key=lambda r: int(r["job_id"]))
 
 
 def failure_text(result: dg.ExecuteInProcessResult) -> str:

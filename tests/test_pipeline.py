@@ -15,11 +15,11 @@ import dagster as dg
 import polars as pl
 import pytest
 import safetensors.torch
-from helpers import seed_tiny_model, write_config
+from helpers import copy_study, run_log, seed_tiny_model, write_config
 
 from interp_assets.config import ExperimentConfig, load_config
 from interp_assets.definitions import build_definitions
-from interp_assets.worker import activations_relpath, sae_checkpoint_relpath, saes_relpath, tiny_model_relpath
+from interp_assets.artifacts import activations_relpath, sae_checkpoint_relpath, saes_relpath, tiny_model_relpath
 from resources.storage import ArtifactStore, sha256_file
 
 pytestmark = pytest.mark.slow
@@ -49,11 +49,6 @@ class Study:
         materialization = records[0].asset_materialization
         assert materialization is not None
         return materialization
-
-
-def _run_log(instance: dg.DagsterInstance, run_id: str) -> str:
-    """Every log line of a run as the UI shows it, the worker's Pipes logs included."""
-    return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
 
 
 def _range(config: ExperimentConfig, first: str | None = None, last: str | None = None) -> dict[str, str]:
@@ -127,7 +122,7 @@ def test_language_model_asset_trains_then_reuses_the_same_build(tmp_path: Path) 
                                     resources=dict(defs.resources))
             materialization = result.asset_materializations_for_node("language_model")[0]
             versions.append(materialization.tags["dagster/data_version"])
-            logs.append(_run_log(instance, result.run_id))
+            logs.append(run_log(instance, result.run_id))
         assert "step 3/3" in logs[0] or "train/final_loss" in materialization.metadata
         assert materialization.metadata["train/n_parameters"].value > 0
         assert "already built for this spec: reusing it" in logs[1]
@@ -174,7 +169,7 @@ def test_all_layers_captured_in_one_run_with_per_layer_metadata(study: Study) ->
     assert result.success
     runs = study.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/asset_partition_range_start": "1"}))
     assert len([r for r in runs if r.step_keys_to_execute == ["activations"]]) == 1
-    logs = [line for line in _run_log(study.instance, result.run_id).splitlines() if "capture: batch" in line]
+    logs = [line for line in run_log(study.instance, result.run_id).splitlines() if "capture: batch" in line]
     assert logs, "the worker's progress lines reach the Dagster run"
     assert "4 layers in one pass" in logs[-1]
     width = study.config.model.tiny_spec.intermediate_size
@@ -266,7 +261,6 @@ def test_attribution_graph_and_interventions_materialize_with_passing_checks(stu
 def test_a_killed_intervention_run_resumes_without_recomputing(study: Study, tmp_path: Path) -> None:
     """kill -9 the worker after a few parts are written; the rerun computes only the rest, and
     the table equals an uninterrupted run's."""
-    import shutil
     import signal
     import subprocess
     import time
@@ -275,10 +269,7 @@ def test_a_killed_intervention_run_resumes_without_recomputing(study: Study, tmp
     updates = {"interventions": {"checkpoint_every": 4, "patching_positions": 6, "resample_samples": 10}}
     runs = {}
     for name in ("uninterrupted", "killed"):
-        root = tmp_path / name
-        for folder in ("models", "prompts", "saes", "attribution"):
-            shutil.copytree(study.store.url(folder), root / "storage" / folder)
-        runs[name] = write_config(root, updates)
+        runs[name] = copy_study(study.config.storage.root, tmp_path / name, ("models", "prompts", "saes", "attribution"), updates)
     command, env, run_to_end = _direct_worker("interventions", "ioi")
     reference, _ = run_to_end(runs["uninterrupted"])
     total = reference["metadata"]["n_experiments"]
@@ -348,7 +339,6 @@ def test_saes_for_all_layers_in_one_run_pass_their_checks(study: Study) -> None:
 def test_a_killed_training_resumes_to_bit_identical_weights(study: Study, tmp_path: Path) -> None:
     """kill -9 a worker mid-training; the rerun resumes from its checkpoint and ends with the
     same weights as an uninterrupted run."""
-    import shutil
     import signal
     import subprocess
     import time
@@ -357,10 +347,7 @@ def test_a_killed_training_resumes_to_bit_identical_weights(study: Study, tmp_pa
     updates = {"sae": {"steps": 300, "checkpoint_every": 60, "log_every": 20, "lr_warmup_steps": 20, "lr_decay_steps": 60}}
     runs = {}
     for name in ("uninterrupted", "killed"):
-        root = tmp_path / name
-        shutil.copytree(study.store.url("models"), root / "storage" / "models")
-        shutil.copytree(study.store.url("activations"), root / "storage" / "activations")
-        runs[name] = write_config(root, updates)
+        runs[name] = copy_study(study.config.storage.root, tmp_path / name, ("models", "activations"), updates)
     command, env, run_to_end = _direct_worker("saes", layer)
     reference, _ = run_to_end(runs["uninterrupted"])
 
@@ -389,21 +376,17 @@ def test_a_killed_capture_resumes_and_publishes_the_same_shards(study: Study, tm
     rerun, which resumes from the last checkpoint and publishes byte-identical manifests whose
     shards all match their recorded sha256."""
     import random
-    import shutil
     import signal
     import subprocess
     import time
 
-    from interp_assets.worker import capture_checkpoint_relpath
+    from interp_assets.artifacts import capture_checkpoint_relpath
 
     layers = ["1", "3"]
     updates = {"activations": {"shard_max_vectors": 2048, "batch_size": 32}}
     runs = {}
     for name in ("uninterrupted", "killed"):
-        root = tmp_path / name
-        for folder in ("models", "prompts"):
-            shutil.copytree(study.store.url(folder), root / "storage" / folder)
-        runs[name] = write_config(root, updates)
+        runs[name] = copy_study(study.config.storage.root, tmp_path / name, ("models", "prompts"), updates)
     command, env, run_to_end = _direct_worker("activations", *layers)
     reference, _ = run_to_end(runs["uninterrupted"])
 
@@ -455,7 +438,7 @@ def test_a_full_activation_tier_fails_clearly_and_resumes_once_there_is_room(stu
         config_path = write_config(tmp_path, {"storage": {"root": str(root), "tiers": {
             "activations": str(scratch), "checkpoints": str(scratch)}}})
         config = load_config(config_path)
-        defs, store = build_definitions(config_path), ArtifactStore(str(root))
+        defs = build_definitions(config_path)
         before = {p.relative_to(root): sha256_file(p) for p in root.rglob("*") if p.is_file()}
         layers = ["1", "2"]
         with dg.instance_for_test() as instance:
@@ -479,7 +462,7 @@ def test_a_full_activation_tier_fails_clearly_and_resumes_once_there_is_room(stu
             grow_filesystem(scratch, "200m")
             resumed = materialize()
             assert resumed.success
-            assert "capture: resuming at batch " in _run_log(instance, resumed.run_id)
+            assert "capture: resuming at batch " in run_log(instance, resumed.run_id)
             for key in layers:
                 relpath = activations_relpath(config, int(key))
                 manifest = (scratch / relpath / "manifest.json").read_bytes()

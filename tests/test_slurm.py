@@ -19,12 +19,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import PROJECT_ROOT, seed_tiny_model, write_config
-from slurm_cluster import cluster, failure_text, materialize, run_log, slurm, stop_cluster
+from helpers import PROJECT_ROOT, copy_study, run_log, seed_tiny_model, write_config
+from slurm_cluster import cluster, cluster_lifetime, failure_text, jobs, materialize, slurm  # noqa: F401 (a fixture)
 
 from interp_assets.config import load_config
 from interp_assets.definitions import build_definitions
-from interp_assets.worker import activations_relpath
+from interp_assets.artifacts import activations_relpath
 from resources.compute import LocalCompute
 from resources.slurm import SlurmCompute, SlurmConfigError
 
@@ -34,22 +34,6 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TINY_SAE = {"sae": {"steps": 40, "checkpoint_every": 20, "log_every": 10, "lr_warmup_steps": 5, "lr_decay_steps": 10,
                     "l1_warmup_steps": 10, "dead_window_steps": 20, "eval_vectors": 512, "ce_eval_texts": 8,
                     "min_explained_variance": 0.0, "max_dead_fraction": 1.0}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cluster_lifetime():  # noqa: ANN202
-    yield
-    stop_cluster()
-
-
-def jobs(*ids: str) -> list[dict[str, str]]:
-    """Every job the controller knows (finished ones included), or just ``ids``."""
-    argv = ["squeue", "-h", "-t", "all", "-o", "%A|%F|%K|%j|%T"]
-    if ids:
-        argv += ["-j", ",".join(ids)]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
-    keys = ("job_id", "array_job_id", "array_index", "name", "state")
-    return [dict(zip(keys, line.split("|"), strict=True)) for line in out.split()]
 
 
 def layer_range(first: str, last: str) -> dict[str, str]:
@@ -320,10 +304,7 @@ with dg.instance_for_test() as instance:
 
 
 def _copy_study(config_path: Path, tmp: Path, updates: dict) -> Path:
-    source = Path(load_config(config_path).storage.root)
-    for folder in ("models", "activations"):
-        shutil.copytree(source / folder, tmp / "storage" / folder)
-    return write_config(tmp, {**TINY_SAE, **updates})
+    return copy_study(load_config(config_path).storage.root, tmp, ("models", "activations"), {**TINY_SAE, **updates})
 
 
 def test_interrupting_the_step_cancels_its_job(studies: dict, tmp_path: Path, transport: dict) -> None:
@@ -426,10 +407,7 @@ def test_submission_over_ssh_gives_the_same_bytes_and_refuses_a_wrong_host_key(
     command goes through a real sshd with a key made by the test (the Pipes files on the shared
     filesystem). The array backfill and cancel tests run over SSH too (``transport``)."""
     local_root = Path(load_config(studies["local"]).storage.root)
-    source = Path(load_config(studies["slurm"]).storage.root)
-    for folder in ("models", "prompts"):
-        shutil.copytree(source / folder, tmp_path / "storage" / folder)
-    config_path = write_config(tmp_path, TINY_SAE)
+    config_path = copy_study(load_config(studies["slurm"]).storage.root, tmp_path, ("models", "prompts"), TINY_SAE)
     before = {j["job_id"] for j in jobs()}
     logins_before = sshd["log"].read_text().count("Accepted publickey for root")
     compute = slurm(tmp_path, **over_ssh(sshd))

@@ -27,13 +27,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import torch
-from helpers import PROJECT_ROOT, seed_tiny_model, wait_for, write_config
-from slurm_cluster import SCRIPT, cluster, failure_text, materialize, run_log, slurm, stop_cluster
+from helpers import PROJECT_ROOT, copy_study, run_log, seed_tiny_model, wait_for, write_config
+from slurm_cluster import SCRIPT, cluster, cluster_lifetime, failure_text, jobs, materialize, slurm  # noqa: F401 (a fixture)
 
 from interp_assets.config import load_config
-from interp_assets.worker import sae_checkpoint_relpath, saes_relpath
+from interp_assets.artifacts import sae_checkpoint_relpath, saes_relpath
 from resources.compute import LocalCompute
-from resources.slurm import SlurmCompute
+
 from resources.storage import sha256_file
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -48,19 +48,6 @@ def script(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and done.returncode != 0:
         raise AssertionError(f"slurm-local.sh {' '.join(args)} failed: {done.stderr.strip()[-800:]}")
     return done
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cluster_lifetime():  # noqa: ANN202
-    yield
-    stop_cluster()
-
-
-def jobs(name: str | None = None) -> list[dict[str, str]]:
-    """Every job the controller knows (finished ones included), oldest first."""
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%A|%j|%T"], capture_output=True, text=True, timeout=120).stdout
-    rows = [dict(zip(("job_id", "name", "state"), line.split("|"), strict=True)) for line in out.split()]
-    return sorted((r for r in rows if name is None or r["name"] == name), key=lambda r: int(r["job_id"]))
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +66,8 @@ def study(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path) ->
     return config_path
 
 
-def copy_study(study: Path, target: Path, sae: dict) -> Path:
-    source = Path(load_config(study).storage.root)
-    for folder in ("models", "activations"):
-        shutil.copytree(source / folder, target / "storage" / folder)
-    return write_config(target, {"sae": {**SAE, **sae}})
+def copy_layer_study(study: Path, target: Path, sae: dict) -> Path:
+    return copy_study(load_config(study).storage.root, target, ("models", "activations"), {"sae": {**SAE, **sae}})
 
 
 def worker_pid(job_id: str) -> int | None:
@@ -174,8 +158,8 @@ def test_a_job_past_its_time_limit_is_resubmitted_and_resumes_to_identical_weigh
     is (``checkpoint_every`` is beyond ``steps``). The weights equal an uninterrupted run's."""
     steps = 1500
     sae = {"steps": steps, "checkpoint_every": 10 * steps}
-    config_path = copy_study(study, tmp_path / "slurm", sae)
-    reference = reference_worker(copy_study(study, tmp_path / "reference", sae))
+    config_path = copy_layer_study(study, tmp_path / "slurm", sae)
+    reference = reference_worker(copy_layer_study(study, tmp_path / "reference", sae))
     config = load_config(config_path)
     checkpoint = Path(config.storage.root) / sae_checkpoint_relpath(config, int(LAYER))
     before = {j["job_id"] for j in jobs()}
@@ -183,7 +167,7 @@ def test_a_job_past_its_time_limit_is_resubmitted_and_resumes_to_identical_weigh
 
     def first_attempt_runs_out_of_time() -> None:
         job = wait_for("the first job to run", lambda: next(
-            (j for j in jobs("ia-saes") if j["job_id"] not in before and j["state"] == "RUNNING"), None), every=0.5)
+            (j for j in jobs(name="ia-saes") if j["job_id"] not in before and j["state"] == "RUNNING"), None), every=0.5)
         messages = wait_for("its Pipes message file",
                             lambda: next((tmp_path / "slurm-logs").glob("*/saes/messages.jsonl"), None))
         seen["job"] = job["job_id"]
@@ -212,7 +196,7 @@ def test_a_job_past_its_time_limit_is_resubmitted_and_resumes_to_identical_weigh
     assert reference.returncode == 0, errors[-3000:]
 
     # SLURM's own record: the first job ran out of time, a later one finished; nothing else ran.
-    ours = [j for j in jobs("ia-saes") if j["job_id"] not in before]
+    ours = [j for j in jobs(name="ia-saes") if j["job_id"] not in before]
     assert ours[0]["job_id"] == seen["job"] and ours[0]["state"] == "TIMEOUT", ours
     assert ours[-1]["state"] == "COMPLETED" and all(j["state"] == "TIMEOUT" for j in ours[:-1]), ours
     md = result.asset_materializations_for_node("saes")[0].metadata
@@ -250,14 +234,14 @@ def test_slurmctld_and_slurmd_killed_mid_job_are_ridden_out(study: Path, tmp_pat
     controller``) and keep going; slurmctld restarts and recovers the job from its saved state. Then
     SIGKILL slurmd; the job's slurmstepd keeps it running; slurmd restarts and reattaches. The run
     succeeds and the published SAE is complete, with the weights sha256 it recorded."""
-    config_path = copy_study(study, tmp_path / "slurm", {"steps": 1200, "checkpoint_every": 200})
+    config_path = copy_layer_study(study, tmp_path / "slurm", {"steps": 1200, "checkpoint_every": 200})
     before = {j["job_id"] for j in jobs()}
     seen: dict[str, object] = {}
 
     with dg.instance_for_test() as instance:
         def crash_both_daemons() -> None:
             job = wait_for("the job to run", lambda: next(
-                (j for j in jobs("ia-saes") if j["job_id"] not in before and j["state"] == "RUNNING"), None), every=0.5)
+                (j for j in jobs(name="ia-saes") if j["job_id"] not in before and j["state"] == "RUNNING"), None), every=0.5)
             messages = wait_for("its Pipes message file",
                                 lambda: next((tmp_path / "slurm-logs").glob("*/saes/messages.jsonl"), None))
             wait_for("training to get under way", lambda: training_step(messages) >= 100, timeout=240)
@@ -282,7 +266,7 @@ def test_slurmctld_and_slurmd_killed_mid_job_are_ridden_out(study: Path, tmp_pat
         log = run_log(instance, result.run_id)
     assert result.success, failure_text(result)
     assert "[slurm] squeue failed" in log and "the controller may be restarting: polling again with backoff" in log
-    (job,) = [j for j in jobs("ia-saes") if j["job_id"] not in before]
+    (job,) = [j for j in jobs(name="ia-saes") if j["job_id"] not in before]
     assert job["job_id"] == seen["job"] and job["state"] == "COMPLETED", job
     md = result.asset_materializations_for_node("saes")[0].metadata
     assert md["slurm/state"].value == "COMPLETED" and md["slurm/job_id"].value == job["job_id"]
@@ -298,13 +282,13 @@ def test_a_controller_down_past_the_grace_period_fails_clearly_and_nothing_parti
     SLURM's error and what to do. The job itself runs on; whatever it has published by then, and
     after slurmctld is back, is complete and matches its recorded sha256; the rerun reuses it."""
     # Fewer steps than the test above: the worker is frozen through the outage, so it need not outlast it.
-    config_path = copy_study(study, tmp_path / "slurm", {"steps": 400, "checkpoint_every": 200})
+    config_path = copy_layer_study(study, tmp_path / "slurm", {"steps": 400, "checkpoint_every": 200})
     before = {j["job_id"] for j in jobs()}
     run_over = threading.Event()
 
     def controller_stays_down() -> None:
         job = wait_for("the job to run", lambda: next(
-            (j for j in jobs("ia-saes") if j["job_id"] not in before and j["state"] == "RUNNING"), None), every=0.5)
+            (j for j in jobs(name="ia-saes") if j["job_id"] not in before and j["state"] == "RUNNING"), None), every=0.5)
         messages = wait_for("its Pipes message file",
                             lambda: next((tmp_path / "slurm-logs").glob("*/saes/messages.jsonl"), None))
         wait_for("training to get under way", lambda: training_step(messages) >= 100, timeout=240)
@@ -340,7 +324,7 @@ def test_a_controller_down_past_the_grace_period_fails_clearly_and_nothing_parti
         # slurmctld is back with the job (the scancel during the outage could not reach it). It
         # ends (or is relaunched and ends), or, when its batch step ended while slurmctld was down, SLURM requeues and holds it
         # ("launch failed requeued held"): an operator cancels it, as here.
-        (job,) = [j for j in jobs("ia-saes") if j["job_id"] not in before]
+        (job,) = [j for j in jobs(name="ia-saes") if j["job_id"] not in before]
 
         def settled() -> str | None:
             out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job["job_id"], "-o", "%T|%r"], capture_output=True,
@@ -378,14 +362,14 @@ def test_under_cgroups_a_job_over_its_memory_ends_out_of_memory_and_is_not_resub
     load the model) is killed by the kernel's cgroup OOM killer: SLURM says OUT_OF_MEMORY, the failure
     says which setting to raise, and SlurmCompute does not resubmit it (only TIMEOUT/PREEMPTED are)."""
     cluster("--cgroup")
-    config_path = copy_study(study, tmp_path / "slurm", {})
+    config_path = copy_layer_study(study, tmp_path / "slurm", {})
     shutil.copytree(Path(load_config(study).storage.root) / "prompts", tmp_path / "slurm" / "storage" / "prompts")
     compute = slurm(tmp_path, max_resubmits=3, overrides={"baselines": {"mem": "150M"}})
     with dg.instance_for_test() as instance:
         result = materialize(config_path, ["baselines"], compute, instance, partition_key="ioi")
         log = run_log(instance, result.run_id)
     assert not result.success
-    (job,) = jobs("ia-baselines")  # a fresh cluster: only this job, never resubmitted
+    (job,) = jobs(name="ia-baselines")  # a fresh cluster: only this job, never resubmitted
     assert job["state"] == "OUT_OF_MEMORY", job
     text = failure_text(result)
     assert f"baselines: SLURM job {job['job_id']} ended OUT_OF_MEMORY" in text, text[-3000:]
