@@ -4,6 +4,9 @@ Every section is a pydantic model that forbids unknown keys, so a typo fails whe
 definitions load instead of being silently ignored. Checks that need the model (layer range,
 hook point, model path) also run at load, before any job is launched: an invalid config never
 reaches the cluster. Errors are ``ConfigError`` and name the field and the fix.
+
+One file on purpose (over 400 lines): the whole schema, every section with its defaults and their
+reasons, reads top to bottom in one place, as configs/tiny.yaml lists it.
 """
 
 from __future__ import annotations

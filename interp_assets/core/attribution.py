@@ -21,6 +21,9 @@ per kept downstream node, only between kept nodes: the dense all-pairs matrix is
 Attributions are averaged over the prompts, positions aligned from the end (offset −1 is the last
 token). Nodes are pruned per layer (|a| ≥ node_threshold, at most max_nodes_per_layer);
 edges by |w| ≥ edge_threshold. Plain PyTorch: no dagster.
+
+One module on purpose (about 500 lines): node attribution, edges, the exact-patching check and the
+JSON export share the spliced forward pass and its gradients; split, each would re-derive them.
 """
 
 from __future__ import annotations

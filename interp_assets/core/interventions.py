@@ -19,6 +19,9 @@ the KL divergence of the next-token distribution from the clean run's.
 
 Experiments are deterministic (seeds derive from their ids), so a rerun that skips finished
 experiments gives the same table. Plain PyTorch: no dagster.
+
+One module on purpose (about 500 lines): every experiment family runs through the same hooked
+forward pass and metric (``InterventionRunner``); split, each family would re-build them.
 """
 
 from __future__ import annotations
