@@ -44,8 +44,19 @@ def device_name(config: ExperimentConfig) -> str:
     return "cpu"
 
 
+def slurm_job_id() -> str:
+    """This job's SLURM id as squeue and sacct show it: ``<array job>_<task>`` for an array task
+    (SLURM_JOB_ID alone is the task's own number, which no listing shows), "none" outside SLURM."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID", "none")
+
+
 def provenance(config: ExperimentConfig, started: float) -> dict[str, Any]:
-    """What a worker's materialization records about where and how it was made."""
+    """What a worker records about where and how it made its outputs: every value a scalar (or
+    the package table), this worker's own, so a layer partition trained by one array task carries
+    exactly that task's job id, host, device and seconds."""
     return {
         "provenance/git_commit": git_commit(),
         "provenance/packages": {"raw_value": package_versions(), "type": "json"},
@@ -55,6 +66,6 @@ def provenance(config: ExperimentConfig, started: float) -> dict[str, Any]:
         "provenance/compute_backend": os.environ.get("INTERP_ASSETS_COMPUTE_BACKEND", "direct"),
         "provenance/host": socket.gethostname(),
         "provenance/device": device_name(config),
-        "provenance/slurm_job_id": os.environ.get("SLURM_JOB_ID", "none"),
+        "provenance/slurm_job_id": slurm_job_id(),
         "provenance/wall_seconds": round(time.perf_counter() - started, 3),
     }

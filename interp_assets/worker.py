@@ -22,11 +22,12 @@ import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from typing import Any  # noqa: E402
 
 from interp_assets.checkpoint_signal import ignore_usr1, install_usr1_handler  # noqa: E402
 from interp_assets.config import load_config, parse_config  # noqa: E402
 from interp_assets.provenance import provenance  # noqa: E402
-from interp_assets.tasks import TASKS, TaskContext  # noqa: E402
+from interp_assets.tasks import TASKS, TaskContext, TaskResult  # noqa: E402
 from resources.storage import open_store  # noqa: E402
 
 
@@ -36,6 +37,16 @@ def _set_threads() -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _with_provenance(result: TaskResult, record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(materialization metadata, per-partition metadata) with provenance where it is true: on each
+    partition of a range run (a backend that splits the range, e.g. into SLURM array tasks, merges
+    the materializations, and a merged provenance would be the run's, not the partition's), on the
+    materialization otherwise."""
+    if not result.partitions:
+        return {**result.metadata, **record}, {}
+    return dict(result.metadata), {key: {**metadata, **record} for key, metadata in result.partitions.items()}
 
 
 def _run_under_pipes(task: str) -> None:
@@ -48,11 +59,10 @@ def _run_under_pipes(task: str) -> None:
         ctx = TaskContext(config=config, store=open_store(config.storage),
                           partition_keys=list(extras.get("partition_keys") or []), log=pipes.log.info)
         result = TASKS[task](ctx)
-        if result.partitions:
-            pipes.report_custom_message({"partitions": result.partitions})
-        pipes.report_asset_materialization(
-            metadata={**result.metadata, **provenance(config, started)}, data_version=result.data_version
-        )
+        metadata, partitions = _with_provenance(result, provenance(config, started))
+        if partitions:
+            pipes.report_custom_message({"partitions": partitions})
+        pipes.report_asset_materialization(metadata=metadata, data_version=result.data_version)
 
 
 def _run_direct(task: str, config_path: str, partition_keys: list[str]) -> None:
@@ -61,8 +71,8 @@ def _run_direct(task: str, config_path: str, partition_keys: list[str]) -> None:
     ctx = TaskContext(config=config, store=open_store(config.storage), partition_keys=partition_keys,
                       log=lambda message: print(message, file=sys.stderr, flush=True))
     result = TASKS[task](ctx)
-    metadata = {**result.metadata, **provenance(config, started)}
-    print(json.dumps({"data_version": result.data_version, "metadata": metadata, "partitions": result.partitions}))
+    metadata, partitions = _with_provenance(result, provenance(config, started))
+    print(json.dumps({"data_version": result.data_version, "metadata": metadata, "partitions": partitions}))
 
 
 def main(argv: list[str] | None = None) -> None:

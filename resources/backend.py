@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
-
 from resources.compute import PROJECT_ROOT, ComputeResource, LocalCompute
 
 COMPUTE_ENV_VAR = "INTERP_ASSETS_COMPUTE"
@@ -22,26 +20,12 @@ PROFILE_ENV_VAR = "INTERP_ASSETS_SLURM_PROFILE"
 
 
 def load_slurm_profile(path: str | Path) -> ComputeResource:
-    """A SlurmCompute from a profile file, checked before anything can be submitted."""
-    from pydantic import ValidationError
-
-    from resources.slurm import SlurmCompute, SlurmConfigError
+    """A SlurmCompute from a profile file (relative paths: from the checkout), checked before
+    anything can be submitted (``resources/slurm/profile.py``)."""
+    from resources.slurm.profile import load_profile
 
     path = Path(path)
-    if not path.is_absolute():
-        path = PROJECT_ROOT / path
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as error:
-        raise SlurmConfigError(f"{PROFILE_ENV_VAR}: cannot read the SLURM profile {path}: {error.strerror}") from None
-    if not isinstance(data, dict):
-        raise SlurmConfigError(f"SLURM profile {path}: expected a mapping of SlurmCompute settings")
-    try:
-        compute = SlurmCompute(**data)
-    except (ValidationError, TypeError, ValueError) as error:
-        raise SlurmConfigError(f"SLURM profile {path}: {error}") from None
-    compute.check_settings()
-    return compute
+    return load_profile(path if path.is_absolute() else PROJECT_ROOT / path)
 
 
 def compute_from_env() -> ComputeResource:

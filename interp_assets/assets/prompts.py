@@ -40,12 +40,12 @@ def prompts_table(config: ExperimentConfig, behaviour: str) -> pl.DataFrame:
     )
 
 
-def _preview(table: pl.DataFrame, rows: int = 5) -> str:
+def _preview(table: pl.DataFrame, rows: int = 5) -> dg.TableMetadataValue:
     columns = ["split", "clean", "corrupted", "target", "foil"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in table.head(rows).iter_rows(named=True):
-        lines.append("| " + " | ".join(repr(row[c]) for c in columns) + " |")
-    return "\n".join(lines)
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(row) for row in table.head(rows).select(columns).iter_rows(named=True)],
+        schema=dg.TableSchema(columns=[dg.TableColumn(name, "string") for name in columns]),
+    )
 
 
 def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
@@ -69,7 +69,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
                 "n_prompts": table.height,
                 "n_train": int((table["split"] == "train").sum()),
                 "n_test": int((table["split"] == "test").sum()),
-                "preview": dg.MetadataValue.md(_preview(table)),
+                "preview": _preview(table),
                 "dagster/row_count": table.height,
             },
             data_version=dg.DataVersion(sha),

@@ -11,6 +11,7 @@ from pathlib import Path
 from interp_assets.artifacts import attribution_relpath, prompts_relpath
 from interp_assets.tasks.common import (
     TaskContext, TaskResult, combined_version, key_layers, load_model, load_saes, md, prompt_pairs,
+    table_metadata,
 )
 from resources.storage import sha256_file
 
@@ -106,11 +107,6 @@ def task_attribution_graphs(ctx: TaskContext) -> TaskResult:
         versions = {name: sha256_file(Path(tmp) / name) for name in ("nodes.parquet", "edges.parquet", "graph.json")}
         ctx.store.put_dir(relpath, tmp)
     top = nodes_table.sort(pl.col("attribution").abs(), descending=True).head(10)
-    top_md = "| node | layer | offset | feature | attribution | exact patch effect |\n|---|---|---|---|---|---|\n" + "\n".join(
-        f"| {r['node_id']} | {r['layer']} | {r['offset']} | {r['feature']} | {r['attribution']:+.4f} | "
-        f"{'' if r['exact_patch_effect'] is None else format(r['exact_patch_effect'], '+.4f')} |"
-        for r in top.iter_rows(named=True)
-    )
     return TaskResult(
         metadata={
             "path": ctx.store.url(relpath),
@@ -125,7 +121,8 @@ def task_attribution_graphs(ctx: TaskContext) -> TaskResult:
             "sign_agreement_with_exact_patching": agreement["sign_agreement"],
             "spearman_with_exact_patching": agreement["spearman"],
             "layer_totals": {"raw_value": summary["layer_totals"], "type": "json"},
-            "top_nodes": md(top_md),
+            "top_nodes": table_metadata(top, {"node_id": str, "layer": int, "offset": int, "feature": int,
+                                              "attribution": float, "exact_patch_effect": float}),
             "graph": md(png_markdown(png, f"{behaviour} attribution graph")),
         },
         data_version=combined_version(versions),

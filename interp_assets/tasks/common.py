@@ -42,6 +42,17 @@ def md(text: str) -> dict[str, Any]:
     return {"raw_value": text, "type": "md"}
 
 
+_TABLE_TYPES = {str: "string", int: "int", float: "float", bool: "bool"}
+
+
+def table_metadata(frame: Any, columns: dict[str, type]) -> dict[str, Any]:
+    """A polars frame's ``columns`` as Dagster table metadata in Pipes form: typed columns the UI
+    can sort, one record per row (None where a value is missing)."""
+    records = [{name: row[name] for name in columns} for row in frame.select(list(columns)).iter_rows(named=True)]
+    schema = [{"name": name, "type": _TABLE_TYPES[kind]} for name, kind in columns.items()]
+    return {"raw_value": {"records": records, "schema": schema}, "type": "table"}
+
+
 def model_dir(ctx: TaskContext) -> Path:
     if ctx.config.model.source == "pretrained":
         return Path(ctx.config.model.path or "")

@@ -14,6 +14,7 @@ from interp_assets.artifacts import (
 )
 from interp_assets.tasks.common import (
     TaskContext, TaskResult, combined_version, key_layers, load_model, load_saes, md, prompt_pairs,
+    table_metadata,
 )
 from resources.storage import sha256_file
 
@@ -130,9 +131,6 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
     patching = table.filter(pl.col("family") == "activation_patching", pl.col("variant") == "raw",
                             pl.col("position") != 0)
     best = patching.sort("recovery", descending=True).head(5)
-    best_md = "| layer | position | recovery | 95% CI |\n|---|---|---|---|\n" + "\n".join(
-        f"| {r['layer']} | {r['position']} | {r['recovery']:.3f} | [{r['recovery_ci_low']:.3f}, {r['recovery_ci_high']:.3f}] |"
-        for r in best.iter_rows(named=True))
     full_circuit = curve.filter(pl.col("circuit_size") == max(sizes)).to_dicts()[0]
     return TaskResult(
         metadata={
@@ -143,7 +141,8 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
             "n_by_family": {"raw_value": dict(table.group_by("family").len().sort("family").iter_rows()), "type": "json"},
             "control_patch_nothing_recovery": recovery("activation_patching/control_nothing"),
             "control_patch_everything_recovery": recovery("activation_patching/control_everything"),
-            "best_patching_sites": md(best_md),
+            "best_patching_sites": table_metadata(best, {"layer": int, "position": int, "recovery": float,
+                                                         "recovery_ci_low": float, "recovery_ci_high": float}),
             "faithfulness_full_graph": full_circuit["faithfulness"],
             "complement_faithfulness_full_graph": full_circuit["complement_faithfulness"],
             "faithfulness_by_size": {"raw_value": dict(zip(curve["circuit_size"].to_list(),

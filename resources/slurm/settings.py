@@ -26,6 +26,9 @@ _COMMAND = re.compile(r"^[A-Za-z0-9_./+-]{1,4096}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1 and Unicode line breaks
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 
+SIGNAL_MARGIN_SECONDS = 90
+"""A time limit must exceed signal_seconds by this much (see check_settings)."""
+
 JOB_FIELDS = ("partition", "account", "qos", "gres", "cpus", "mem", "time", "array_parallelism")
 """The settings of one job, which ``overrides.<task>`` may change per worker task."""
 
@@ -80,12 +83,14 @@ def job_settings(settings: Mapping[str, Any], task: str) -> dict[str, Any]:
 
 def check_settings(settings: Mapping[str, Any]) -> None:
     """Check every setting that reaches sbatch or a shell; raise SlurmConfigError naming it."""
+    # The top-level values first, then each override's own: an error names the field where the
+    # value was written (a bad top-level gres is SlurmCompute.gres, whatever overrides exist).
+    _check_job(job_settings(settings, ""), "")
     overrides = settings.get("overrides") or {}
-    for task in overrides:
+    for task, override in overrides.items():
         if not TASK_NAME.match(task):
             raise SlurmConfigError(f"SlurmCompute.overrides: {task!r} is not a worker task name (e.g. activations, saes)")
-        _check_job(job_settings(settings, task), f"overrides.{task}.")
-    _check_job(job_settings(settings, ""), "")
+        _check_job({k: v for k, v in _override_values(override).items() if v is not None}, f"overrides.{task}.")
     for i, module in enumerate(settings["module_loads"]):
         _check(_MODULE.match(module), f"module_loads[{i}]", module,
                "a module name such as CUDA/12.1.1 (letters, digits, _ . + / -)")
@@ -116,9 +121,17 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     _check(signal_seconds >= 0, "signal_seconds", signal_seconds, "a number of seconds ≥ 0")
     shortest, task = min((time_limit_seconds(job_settings(settings, t)["time"]), t) for t in ["", *overrides])
     limit_field = f"SlurmCompute.overrides.{task}.time" if task else "SlurmCompute.time"
-    _check(signal_seconds < shortest, "signal_seconds", signal_seconds,
-           f"fewer seconds than the shortest time limit ({limit_field}={job_settings(settings, task)['time']}, "
-           f"{shortest} s), or the warning comes at the start; lower signal_seconds or raise that time")
+    if signal_seconds and shortest < signal_seconds + SIGNAL_MARGIN_SECONDS:
+        # SLURM checks limits every 30 s, the first check at any moment of the job's first 30 s,
+        # and sends USR1 at the first check with fewer than signal_seconds + 30 s left: with this
+        # margin the earliest USR1 comes a minute into the job, long after the worker's handler
+        # is in place. A shorter limit could deliver it before the batch shell has even started.
+        raise SlurmConfigError(
+            f"{limit_field}={job_settings(settings, task)['time']!r} ({shortest} s) is too short for "
+            f"SlurmCompute.signal_seconds={signal_seconds}: SLURM may send its USR1 warning at its first "
+            f"time-limit check, before the worker can catch it. Give {limit_field} at least "
+            f"signal_seconds + {SIGNAL_MARGIN_SECONDS} s ({signal_seconds + SIGNAL_MARGIN_SECONDS} s), or lower "
+            "signal_seconds (0: no warning)")
     _check(0 <= settings["max_resubmits"] <= 100, "max_resubmits", settings["max_resubmits"], "0 to 100")
     _check(0.05 <= settings["poll_seconds"] <= settings["max_poll_seconds"], "poll_seconds", settings["poll_seconds"],
            "between 0.05 and max_poll_seconds")
@@ -137,25 +150,27 @@ def check_settings(settings: Mapping[str, Any]) -> None:
 
 
 def _check_job(job: dict[str, Any], prefix: str) -> None:
-    _check(not job["partition"] or _NAME_LIST.match(job["partition"]), f"{prefix}partition", job["partition"],
-           "a partition name (or comma-separated names), e.g. gpu_a100")
-    _check(not job["account"] or _NAME.match(job["account"]), f"{prefix}account", job["account"],
-           "an account name, e.g. rse-interp")
-    _check(not job["qos"] or _NAME.match(job["qos"]), f"{prefix}qos", job["qos"], "a QOS name, e.g. normal")
-    _check(not job["gres"] or _GRES.match(job["gres"]), f"{prefix}gres", job["gres"],
-           "name[:type]:count, e.g. gpu:1 or gpu:a100:1")
-    _check(isinstance(job["cpus"], int) and 1 <= job["cpus"] <= 4096, f"{prefix}cpus", job["cpus"], "1 to 4096")
-    _check(isinstance(job["mem"], str) and _MEM.match(job["mem"]), f"{prefix}mem", job["mem"],
-           "a size with an optional unit K, M, G or T, e.g. 16G")
-    try:
-        seconds = time_limit_seconds(job["time"])
-    except ValueError:
-        raise SlurmConfigError(
-            f"SlurmCompute.{prefix}time: {job['time']!r} is not a SLURM time limit; use M, H:M:S or D-H:M:S, e.g. 2:00:00"
-        ) from None
-    _check(seconds >= 60, f"{prefix}time", job["time"], "at least one minute (SLURM limits are whole minutes)")
-    _check(isinstance(job["array_parallelism"], int) and 0 <= job["array_parallelism"] <= 10000,
-           f"{prefix}array_parallelism", job["array_parallelism"], "0 (no limit) to 10000")
+    """The job settings present in ``job`` (all of them at the top level; an override's own)."""
+    rules = {
+        "partition": (lambda v: not v or _NAME_LIST.match(v), "a partition name (or comma-separated names), e.g. gpu_a100"),
+        "account": (lambda v: not v or _NAME.match(v), "an account name, e.g. rse-interp"),
+        "qos": (lambda v: not v or _NAME.match(v), "a QOS name, e.g. normal"),
+        "gres": (lambda v: not v or _GRES.match(v), "name[:type]:count, e.g. gpu:1 or gpu:a100:1"),
+        "cpus": (lambda v: isinstance(v, int) and 1 <= v <= 4096, "1 to 4096"),
+        "mem": (lambda v: isinstance(v, str) and _MEM.match(v), "a size with an optional unit K, M, G or T, e.g. 16G"),
+        "array_parallelism": (lambda v: isinstance(v, int) and 0 <= v <= 10000, "0 (no limit) to 10000"),
+    }
+    for name, (ok, expected) in rules.items():
+        if name in job:
+            _check(ok(job[name]), f"{prefix}{name}", job[name], expected)
+    if "time" in job:
+        try:
+            seconds = time_limit_seconds(job["time"])
+        except (TypeError, ValueError):
+            raise SlurmConfigError(
+                f"SlurmCompute.{prefix}time: {job['time']!r} is not a SLURM time limit; use M, H:M:S or D-H:M:S, e.g. 2:00:00"
+            ) from None
+        _check(seconds >= 60, f"{prefix}time", job["time"], "at least one minute (SLURM limits are whole minutes)")
 
 
 def _check(ok: Any, name: str, value: Any, expected: str) -> None:
