@@ -15,6 +15,7 @@ import dagster as dg
 from interp_assets.assets import PHASES
 from interp_assets.automation import automation_sensor, not_automated, with_automation
 from interp_assets.config import load_config
+from interp_assets.dead_runs import release_dead_runs_sensor
 from resources.backend import compute_from_env
 
 
@@ -26,7 +27,8 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
     config = load_config(config_path)
     assets = with_automation([definition for phase in PHASES for definition in phase.build(config)], not_automated(config))
-    return dg.Definitions(assets=assets, sensors=[automation_sensor(config)], resources={"compute": compute_from_env()})
+    return dg.Definitions(assets=assets, sensors=[automation_sensor(config), release_dead_runs_sensor()],
+                          resources={"compute": compute_from_env()})
 
 
 defs = build_definitions()

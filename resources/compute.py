@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -23,6 +24,7 @@ import dagster as dg
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORKER_MODULE = "interp_assets.worker"
+RUN_ID_ENV = "INTERP_ASSETS_RUN_ID"
 
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|AUTH",
                           re.IGNORECASE)
@@ -87,6 +89,11 @@ class ComputeResource(dg.ConfigurableResource):
     ) -> dg.PipesClientCompletedInvocation:
         raise NotImplementedError
 
+    def release_run(self, run_id: str) -> list[str]:
+        """Stop what a dead run (its Dagster process killed outright) left working; returns what
+        was done, for the run's log (``interp_assets/dead_runs.py``)."""
+        return []
+
 
 class LocalCompute(ComputeResource):
     """Run worker tasks as subprocesses of the Dagster step, on this machine."""
@@ -107,7 +114,8 @@ class LocalCompute(ComputeResource):
         problem = secret_names_in(self.env, "LocalCompute.env")
         if problem:
             raise ValueError(problem)  # names only: the values are never echoed
-        env = {**self.env, "INTERP_ASSETS_COMPUTE_BACKEND": "local"}
+        # The run id marks the worker as this run's, so a dead run's worker can be found and stopped.
+        env = {**self.env, "INTERP_ASSETS_COMPUTE_BACKEND": "local", RUN_ID_ENV: context.run.run_id}
         if self.torch_threads:
             env["INTERP_ASSETS_TORCH_THREADS"] = str(self.torch_threads)
         # The worker must import this checkout's packages even when the step runs from elsewhere.
@@ -118,3 +126,19 @@ class LocalCompute(ComputeResource):
                 message_reader=WholeLineFileMessageReader(os.path.join(messages, "messages.jsonl")),
             )
             return client.run(command=self.worker_command(task), context=context, extras=extras)
+
+    def release_run(self, run_id: str) -> list[str]:
+        """SIGTERM the worker processes of this host that carry the dead run's id (the step process
+        that waited on them then fails and ends)."""
+        done = []
+        marker = f"{RUN_ID_ENV}={run_id}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(entry.name), signal.SIGTERM)
+                    done.append(f"release_dead_runs: stopped worker process {entry.name} of the dead run")
+            except (OSError, ValueError):
+                continue
+        return done

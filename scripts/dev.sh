@@ -10,4 +10,7 @@ cd "$(dirname "$0")/.."
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/dagster_home}"
 mkdir -p "$DAGSTER_HOME"
 [ -f "$DAGSTER_HOME/dagster.yaml" ] || cp dagster_home/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+# A laptop's UI on 127.0.0.1: refused on a DAGSTER_HOME others can write, a warning where others log
+# in (on a shared login node use scripts/ui.sh: the UI on a private Unix socket).
+.venv/bin/python -m interp_assets.serve check-tcp --tcp "${PORT:-3000}"
 exec env --default-signal=INT,TERM .venv/bin/dagster dev -w workspace.yaml -h "${HOST:-127.0.0.1}" -p "${PORT:-3000}"

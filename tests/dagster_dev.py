@@ -59,27 +59,98 @@ class DagsterDev:
         return self.log_path.read_text(errors="replace")[-n:]
 
 
-def start_dagster_dev(dagster_home: Path, config_path: Path, log_path: Path, timeout: float = 120) -> DagsterDev:
-    """`scripts/dev.sh` with its own DAGSTER_HOME, config and port; returns once GraphQL answers."""
+def start_dagster_dev(dagster_home: Path, config_path: Path, log_path: Path, timeout: float = 120,
+                      env: dict[str, str] | None = None) -> DagsterDev:
+    """`scripts/dev.sh` with its own DAGSTER_HOME, config and port (and ``env`` on top, e.g. the
+    SLURM backend); returns once GraphQL answers."""
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "INTERP_ASSETS_CONFIG": str(config_path), "PORT": str(port)}
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "INTERP_ASSETS_CONFIG": str(config_path), "PORT": str(port),
+           **(env or {})}
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         ["bash", str(PROJECT_ROOT / "scripts" / "dev.sh")], cwd=PROJECT_ROOT, env=env, stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True,
     )
-    dev = DagsterDev(process, f"http://127.0.0.1:{port}", log_path, config_path)
+    return _answering(DagsterDev(process, f"http://127.0.0.1:{port}", log_path, config_path), "dagster dev", timeout)
+
+
+def _answering(dev: DagsterDev, what: str, timeout: float) -> DagsterDev:
+    """``dev`` once its GraphQL answers; stopped, and an error with its log, if it never does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"dagster dev exited with {process.returncode}:\n{dev.log_tail()}")
+        if dev.process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {dev.process.returncode}:\n{dev.log_tail()}")
         try:
             dev.graphql("{ version }", timeout=5)
             return dev
-        except (urllib.error.URLError, ConnectionError, TimeoutError, AssertionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError, AssertionError, OSError):
             time.sleep(0.5)
     dev.stop()
-    raise RuntimeError(f"dagster dev did not answer within {timeout}s:\n{dev.log_tail()}")
+    raise RuntimeError(f"{what} did not answer within {timeout}s:\n{dev.log_tail()}")
+
+
+class UnixSocketForward:
+    """What `ssh -L PORT:/path/to/socket login-node` does on a workstation: a TCP port on
+    127.0.0.1 whose connections are relayed to a Unix domain socket."""
+
+    def __init__(self, socket_path: Path) -> None:
+        import threading
+
+        self.socket_path = socket_path
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect(str(self.socket_path))
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def start_private_ui(dagster_home: Path, config_path: Path, log_path: Path, socket_path: Path,
+                     timeout: float = 120) -> DagsterDev:
+    """The shared-login-node launcher (`python -m interp_assets.serve`: webserver on a Unix socket in
+    a private directory + daemon), reached through a forwarded TCP port as from a workstation."""
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "INTERP_ASSETS_CONFIG": str(config_path)}
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        [str(PROJECT_ROOT / ".venv" / "bin" / "python"), "-m", "interp_assets.serve", "all", "--socket", str(socket_path)],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    forward = UnixSocketForward(socket_path)
+    return _answering(DagsterDev(process, f"http://127.0.0.1:{forward.port}", log_path, config_path),
+                      "the UI launcher", timeout)
 
 
 LAUNCH_RUN = """

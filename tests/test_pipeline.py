@@ -130,6 +130,10 @@ def test_language_model_asset_trains_then_reuses_the_same_build(tmp_path: Path) 
 
 
 def test_prompts_are_split_and_hashed(study: Study) -> None:
+    preview = study.latest("prompts", "ioi").metadata["preview"]
+    assert isinstance(preview, dg.TableMetadataValue)
+    assert [c.name for c in preview.schema.columns] == ["split", "clean", "corrupted", "target", "foil"]
+    assert len(preview.records) == 5
     for behaviour in study.config.prompts.behaviours:
         table = study.store.read_parquet(f"prompts/{behaviour}.parquet")
         assert table.height == 100
@@ -220,6 +224,15 @@ def test_attribution_graph_and_interventions_materialize_with_passing_checks(stu
 
     graph = study.latest("attribution_graphs", behaviour).metadata
     assert graph["n_feature_nodes"].value > 0 and graph["n_edges"].value > 0
+    # Tables are typed Dagster tables (sortable in the UI), not markdown strings.
+    tables = {"top_nodes": (graph, ["node_id", "layer", "offset", "feature", "attribution", "exact_patch_effect"]),
+              "best_patching_sites": (study.latest("interventions", behaviour).metadata,
+                                      ["layer", "position", "recovery", "recovery_ci_low", "recovery_ci_high"])}
+    for name, (metadata, columns) in tables.items():
+        assert isinstance(metadata[name], dg.TableMetadataValue), name
+        assert [c.name for c in metadata[name].schema.columns] == columns
+        assert metadata[name].records and set(metadata[name].records[0].data) == set(columns)
+    assert {c.name: c.type for c in graph["top_nodes"].schema.columns}["attribution"] == "float"
     assert graph["sign_agreement_with_exact_patching"].value >= 0.7
     assert graph["graph"].value.startswith("![")  # the picture shows in the UI
     folder = f"attribution/{study.config.activations.hook_point}/{behaviour}"
@@ -501,8 +514,12 @@ def test_every_partition_keeps_the_data_version_recorded_on_main(study: Study) -
         "attribution_graphs": list(study.config.prompts.behaviours),
         "interventions": list(study.config.prompts.behaviours),
     }
+    # The first materialization of each partition, the study's own: a later test rematerializes
+    # layers 2-3 as their own range, whose shared data version is that range's.
     versions = {
-        asset: {str(key): study.latest(asset, key).tags["dagster/data_version"] for key in keys}
+        asset: {str(key): study.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key] if key else None),
+            limit=1, ascending=True).records[0].asset_materialization.tags["dagster/data_version"] for key in keys}
         for asset, keys in partitions.items()
     }
     if os.environ.get("INTERP_ASSETS_RECORD_DATA_VERSIONS") == "1":

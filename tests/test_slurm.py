@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
+from browser import browser, screenshot  # noqa: F401 (a fixture)
+from dagster_dev import launch_backfill, start_dagster_dev, wait_for_runs
 from helpers import PROJECT_ROOT, copy_study, run_log, seed_tiny_model, write_config
 from slurm_cluster import cluster, cluster_lifetime, failure_text, jobs, materialize, slurm  # noqa: F401 (a fixture)
 
@@ -232,12 +236,65 @@ def test_sae_layer_backfill_is_one_array_job_and_a_retry_reruns_only_the_failed_
             assert md["slurm/state"].value == "COMPLETED"
             assert md["slurm/node"].value and md["slurm/elapsed"].value
             assert "explained_variance" in md and md["training_curve"].value.startswith("![")
+            _assert_own_provenance(md, f"{next(iter(retry_arrays))}_{index}")
         checks = {e.check_name: e for e in retry.get_asset_check_evaluations()}
         assert {name: e.passed for name, e in checks.items()} == {
             "explained_variance_above_threshold": True, "dead_fraction_below_bound": True}
         # The checks saw every layer: the array tasks' materializations were combined into one.
         by_layer = checks["explained_variance_above_threshold"].metadata["explained_variance_by_layer"].value
         assert sorted(by_layer) == sorted(config.layer_keys)
+
+
+def _assert_own_provenance(md: dict, task_id: str) -> None:
+    """A layer partition's provenance is its own array task's, every value a scalar."""
+    assert md["provenance/slurm_job_id"].value == task_id
+    assert md["provenance/host"].value == socket.gethostname()
+    assert md["provenance/compute_backend"].value == "slurm"
+    assert isinstance(md["provenance/wall_seconds"].value, float) and md["provenance/wall_seconds"].value > 0
+    listed = [key for key, value in md.items() if key.startswith("provenance/") and isinstance(value.value, list)]
+    assert not listed, listed
+
+
+def test_a_layer_backfill_from_the_ui_shows_each_partition_its_own_task(
+    studies: dict, tmp_path: Path, browser  # noqa: ANN001, F811
+) -> None:
+    """What a researcher does: `dagster dev` with the SLURM backend, a 2-layer backfill of saes
+    (one array job of 2 tasks), then each layer partition's page names its own task."""
+    from playwright.sync_api import expect
+
+    config_path = copy_study(load_config(studies["slurm"]).storage.root, tmp_path, ("models", "prompts", "activations"),
+                             {**TINY_SAE, "automation": {"enabled": False}})
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump({"log_dir": str(tmp_path / "slurm-logs"), "poll_seconds": 0.5,
+                                       "max_poll_seconds": 3.0}))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    before = {j["job_id"] for j in jobs()}
+    dev = start_dagster_dev(home, config_path, tmp_path / "dagster_dev.log", env={
+        "INTERP_ASSETS_COMPUTE": "slurm", "INTERP_ASSETS_SLURM_PROFILE": str(profile)})
+    try:
+        backfill = launch_backfill(dev, ["saes"], ["2", "3"])
+        (run,) = wait_for_runs(dev, {"dagster/backfill": backfill})
+        assert run["status"] == "SUCCESS", dev.log_tail()
+        arrays = {j["array_job_id"] for j in jobs(name="ia-saes") if j["job_id"] not in before}
+        assert len(arrays) == 1, jobs()
+        (array,) = arrays
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            for index, key in enumerate(["2", "3"]):
+                md = instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=dg.AssetKey("saes"), asset_partitions=[key]), limit=1
+                ).records[0].asset_materialization.metadata
+                assert md["slurm/job_id"].value == f"{array}_{index}"
+                _assert_own_provenance(md, f"{array}_{index}")
+        page = browser.new_page()
+        page.goto(f"{dev.url}/assets/saes?view=partitions&partition=3")
+        expect(page.get_by_text(f"{array}_1", exact=True).first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(f"{array}_0", exact=True)).to_have_count(0)
+        screenshot(page, "slurm-saes-partition-3-own-task")
+        page.close()
+    finally:
+        dev.stop()
 
 
 # ---- 3. bad values and injection attempts ------------------------------------------------------
@@ -338,12 +395,18 @@ def test_interrupting_the_step_cancels_its_job(studies: dict, tmp_path: Path, tr
 
 def test_usr1_at_any_moment_of_a_job_never_kills_it(studies: dict, tmp_path: Path) -> None:
     """SLURM checks time limits every 30 s and sends ``--signal=B:USR1@N`` once fewer than N + 30 s
-    are left: with a short ``--time`` that is at the first check, which may come while the batch
-    shell or Python is still starting, before the worker's handler exists. USR1 kills by default,
-    so such a job ended FAILED (ExitCode 0:10), silently, and was not resubmitted. Here the batch
-    shell gets USR1 (as ``B:`` sends it) from the moment the job runs until it ends."""
+    are left. USR1 kills by default, and a job killed by it ends FAILED (0:10), not resubmitted.
+    Two guarantees make that impossible: a profile whose time limit is under N + 90 s is refused
+    (test_slurm_profile), so SLURM's first USR1 comes a minute into the job at the earliest; and
+    from the batch script's first line (``trap '' USR1``, inherited across ``exec``) until the end,
+    the job ignores or handles it. Here the batch shell gets USR1 (as ``B:`` sends it) every 50 ms
+    from that first line until the job ends: it must complete."""
     before = {j["job_id"] for j in jobs()}
     signalled = []
+
+    def started() -> bool:  # the script's first echo runs after its trap line
+        return any("interp_assets: job" in path.read_text(errors="replace")
+                   for path in (tmp_path / "slurm-logs").glob("*/baselines/baselines.err"))
 
     def keep_signalling() -> None:
         deadline = time.monotonic() + 240
@@ -351,7 +414,7 @@ def test_usr1_at_any_moment_of_a_job_never_kills_it(studies: dict, tmp_path: Pat
             ours = [j for j in jobs() if j["job_id"] not in before]
             if ours and ours[0]["state"] not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
                 return
-            if ours and ours[0]["state"] == "RUNNING":
+            if ours and ours[0]["state"] == "RUNNING" and started():
                 done = subprocess.run(["scancel", "--batch", "--signal=USR1", ours[0]["job_id"]], capture_output=True)
                 signalled.append(done.returncode)
             time.sleep(0.05)

@@ -149,8 +149,39 @@ def assert_published_saes_are_complete(config_path: Path) -> dict[str, str]:
 # ---- 1. TIMEOUT: resubmitted, resumed from the USR1 checkpoint, same weights -------------------
 
 
+def resumable_run(study: Path, tmp_path: Path, sae: dict) -> tuple[Path, subprocess.Popen[str], Path, set[str]]:
+    """(config, its uninterrupted reference run, the checkpoint's path, the job ids before): a
+    layer-1 SAE run on SLURM that a fault will interrupt, and the same run outside SLURM."""
+    config_path = copy_layer_study(study, tmp_path / "slurm", sae)
+    reference = reference_worker(copy_layer_study(study, tmp_path / "reference", sae))
+    config = load_config(config_path)
+    checkpoint = Path(config.storage.root) / sae_checkpoint_relpath(config, int(LAYER))
+    return config_path, reference, checkpoint, {j["job_id"] for j in jobs()}
+
+
+def first_running_job(before: set[str]) -> dict[str, str]:
+    return wait_for("the first job to run", lambda: next(
+        (j for j in jobs(name="ia-saes") if j["job_id"] not in before and j["state"] == "RUNNING"), None), every=0.5)
+
+
+def materialize_through(fault: Callable[[], None], config_path: Path, compute: object,
+                        reference: subprocess.Popen[str]) -> tuple[dg.ExecuteInProcessResult, str, str]:
+    """Layer 1's SAE through SlurmCompute while ``fault`` strikes in the background: (result, run
+    log, the reference run's output), both runs having succeeded."""
+    chaos = Background(fault)
+    chaos.start()
+    with dg.instance_for_test() as instance:
+        result = materialize(config_path, ["saes"], compute, instance, partition_key=LAYER)
+        log = run_log(instance, result.run_id)
+    chaos.finish()
+    assert result.success, failure_text(result)
+    expected, errors = reference.communicate(timeout=600)
+    assert reference.returncode == 0, errors[-3000:]
+    return result, log, expected
+
+
 def test_a_job_past_its_time_limit_is_resubmitted_and_resumes_to_identical_weights(study: Path, tmp_path: Path) -> None:
-    """``time=1`` (a minute) and ``signal_seconds=30``. The first attempt is made too slow to finish
+    """``time=2`` (two minutes: the shortest limit a profile may give ``signal_seconds=30``). The first attempt is made too slow to finish
     whatever this machine's speed, as a stuck job would be: its worker is frozen (SIGSTOP) once
     training is under way. SLURM's USR1 warning comes with a SIGCONT, so the worker runs just long
     enough to write the checkpoint USR1 asks for, and is frozen again; SLURM ends the job TIMEOUT,
@@ -158,16 +189,11 @@ def test_a_job_past_its_time_limit_is_resubmitted_and_resumes_to_identical_weigh
     is (``checkpoint_every`` is beyond ``steps``). The weights equal an uninterrupted run's."""
     steps = 1500
     sae = {"steps": steps, "checkpoint_every": 10 * steps}
-    config_path = copy_layer_study(study, tmp_path / "slurm", sae)
-    reference = reference_worker(copy_layer_study(study, tmp_path / "reference", sae))
-    config = load_config(config_path)
-    checkpoint = Path(config.storage.root) / sae_checkpoint_relpath(config, int(LAYER))
-    before = {j["job_id"] for j in jobs()}
+    config_path, reference, checkpoint, before = resumable_run(study, tmp_path, sae)
     seen: dict[str, object] = {}
 
     def first_attempt_runs_out_of_time() -> None:
-        job = wait_for("the first job to run", lambda: next(
-            (j for j in jobs(name="ia-saes") if j["job_id"] not in before and j["state"] == "RUNNING"), None), every=0.5)
+        job = first_running_job(before)
         messages = wait_for("its Pipes message file",
                             lambda: next((tmp_path / "slurm-logs").glob("*/saes/messages.jsonl"), None))
         seen["job"] = job["job_id"]
@@ -184,16 +210,9 @@ def test_a_job_past_its_time_limit_is_resubmitted_and_resumes_to_identical_weigh
         # ...and it stays too slow until SLURM's time limit ends it (SIGCONT + SIGTERM, then SIGKILL).
         seen["checkpoint_step"] = torch.load(checkpoint, weights_only=False)["step"]
 
-    chaos = Background(first_attempt_runs_out_of_time)
-    chaos.start()
-    with dg.instance_for_test() as instance:
-        result = materialize(config_path, ["saes"], slurm(tmp_path, time="1", signal_seconds=30, max_resubmits=4),
-                             instance, partition_key=LAYER)
-        log = run_log(instance, result.run_id)
-    chaos.finish()
-    assert result.success, failure_text(result)
-    expected, errors = reference.communicate(timeout=600)
-    assert reference.returncode == 0, errors[-3000:]
+    result, log, expected = materialize_through(
+        first_attempt_runs_out_of_time, config_path, slurm(tmp_path, time="2", signal_seconds=30, max_resubmits=4),
+        reference)
 
     # SLURM's own record: the first job ran out of time, a later one finished; nothing else ran.
     ours = [j for j in jobs(name="ia-saes") if j["job_id"] not in before]
@@ -218,6 +237,49 @@ def test_a_job_past_its_time_limit_is_resubmitted_and_resumes_to_identical_weigh
     assert assert_published_saes_are_complete(config_path) == {f"layer_{int(LAYER):03d}": reference_sha}
 
 
+
+
+def test_a_node_that_fails_mid_job_ends_it_node_fail_and_the_resubmission_resumes_to_identical_weights(
+    study: Path, tmp_path: Path
+) -> None:
+    """The node is set DOWN while the SAE trains (`scontrol update state=down`, as a dying node looks
+    to SLURM), then back; the job ends NODE_FAIL, SlurmCompute resubmits it, the new attempt
+    resumes from the last periodic checkpoint, and the weights equal an uninterrupted run's."""
+    steps = 1200
+    sae = {"steps": steps, "checkpoint_every": 200}
+    config_path, reference, checkpoint, before = resumable_run(study, tmp_path, sae)
+    seen: dict[str, object] = {}
+
+    def node_fails_mid_job() -> None:
+        job = first_running_job(before)
+        wait_for("a checkpoint", checkpoint.exists, timeout=240, every=0.05)
+        node = subprocess.run(["squeue", "-h", "-j", job["job_id"], "-o", "%N"], capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+        seen.update(job=job["job_id"], node=node)
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=interp-assets-test"],
+                       check=True, timeout=60)
+        try:
+            seen["end"] = wait_for("the job to end", lambda: next(
+                (j["state"] for j in jobs(job["job_id"]) if j["state"] not in ("RUNNING", "COMPLETING")), None),
+                timeout=120, every=0.2)
+        finally:
+            # ReturnToService=2 may have put it back already ("Invalid node state specified" then).
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True, timeout=60)
+
+    result, log, expected = materialize_through(node_fails_mid_job, config_path, slurm(tmp_path, max_resubmits=2),
+                                                reference)
+
+    ours = [j for j in jobs(name="ia-saes") if j["job_id"] not in before]
+    assert ours[0]["job_id"] == seen["job"] and ours[0]["state"] == "NODE_FAIL", (ours, seen)
+    assert ours[-1]["state"] == "COMPLETED" and len(ours) == 2, ours
+    assert f"node(s) {seen['node']} failed under {seen['job']}" in log
+    assert f"saes ({seen['job']}) ended NODE_FAIL" in log and "resubmitting (attempt 2 of 3)" in log
+    md = result.asset_materializations_for_node("saes")[0].metadata
+    resumed = int(md["resumed_from_step"].value)
+    assert resumed > 0 and resumed % 200 == 0, resumed
+    reference_sha = json.loads(expected.strip().splitlines()[-1])["partitions"][LAYER]["weights_sha256"]
+    assert md["weights_sha256"].value == reference_sha, f"resumed at step {resumed}: weights differ from an uninterrupted run"
+    assert assert_published_saes_are_complete(config_path) == {f"layer_{int(LAYER):03d}": reference_sha}
 
 
 # ---- 2. slurmctld / slurmd killed mid-job ------------------------------------------------------

@@ -1,6 +1,8 @@
-"""The platform as researchers use it, against a real `dagster dev` (webserver + daemon) on
-localhost: a Materialize click in a real browser, layer backfills through GraphQL, and a config
-edit that makes exactly the SAEs stale until the automation sensor relaunches them.
+"""The platform as researchers use it, against a real webserver + daemon started by the project's
+launcher as on a shared login node (the UI on a Unix socket in a private directory, reached
+through a forwarded TCP port as from a workstation): a Materialize click in a real browser,
+layer backfills through GraphQL, and a config edit that makes exactly the SAEs stale until the
+automation sensor relaunches them.
 
 Screenshots land in artifacts/ui/ (git-ignored) for CI to keep.
 """
@@ -24,16 +26,15 @@ from dagster_dev import (
     launch_backfill,
     runs,
     sensor_selector,
-    start_dagster_dev,
+    start_private_ui,
     wait_for_run,
     wait_for_runs,
 )
+from browser import browser, screenshot  # noqa: F401 (a fixture)
 from helpers import PROJECT_ROOT, seed_tiny_model, write_config
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = PROJECT_ROOT / "artifacts" / "ui"
 LAYERS = ["1", "2", "3", "4"]
 
 
@@ -52,32 +53,13 @@ def dev(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path):  # 
     })
     seed_tiny_model(root / "storage", tiny_model_storage)
     home = root / "dagster_home"
-    home.mkdir()
+    home.mkdir(mode=0o700)
     shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    server = start_dagster_dev(home, config_path, root / "dagster_dev.log")
+    # As on a shared login node: the webserver on a Unix socket in a private directory, the
+    # daemon beside it, the browser through a forwarded port as from a workstation.
+    server = start_private_ui(home, config_path, root / "ui.log", root / "ui" / "ui.sock")
     yield server
     assert server.stop() is not None
-
-
-@pytest.fixture(scope="module")
-def browser():  # noqa: ANN201
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed: scripts/test.sh installs it (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )
-        yield browser
-        browser.close()
-
-
-def _shot(page, name: str) -> None:  # noqa: ANN001
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def _stale(dev: DagsterDev, asset: str, partitions: list[str] | None = None) -> dict:
@@ -86,7 +68,7 @@ def _stale(dev: DagsterDev, asset: str, partitions: list[str] | None = None) -> 
     return dev.graphql(STALENESS_BY_PARTITION, {"keys": [{"path": [asset]}], "partitions": partitions})["assetNodes"][0]
 
 
-def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev: DagsterDev, browser) -> None:  # noqa: ANN001
+def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev: DagsterDev, browser) -> None:  # noqa: ANN001, F811
     from playwright.sync_api import expect
 
     expect.set_options(timeout=30_000)  # live data says "Loading..." for a while on a cold server
@@ -101,7 +83,7 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     drawn = {text.strip() for text in nodes.all_text_contents()}
     assert drawn == {"language_model", "prompts", "baselines", "activations", "saes", "attribution_graphs",
                      "interventions"}, drawn
-    _shot(page, "01-asset-graph")
+    screenshot(page, "01-asset-graph")
 
     # 2. Open language_model and click Materialize, as a person does.
     page.goto(f"{dev.url}/assets/language_model")
@@ -117,7 +99,7 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     tags = {t["key"]: t["value"] for t in run["tags"]}
     assert tags["paper-id"] == "interp-assets-demo" and tags["model"] == "interp-assets/tiny-qwen2"
     assert tags["commit-sha"] and tags["researcher"]
-    _shot(page, "02-language-model-materialized")
+    screenshot(page, "02-language-model-materialized")
 
     # 3. Backfills through GraphQL: prompts (2 behaviours), then 4 layers of activations and saes.
     for asset, partitions in (("prompts", ["ioi", "capitals"]), ("activations", LAYERS), ("saes", LAYERS)):
@@ -158,7 +140,7 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     page.goto(f"{dev.url}/assets/saes?view=partitions&partition={LAYERS[0]}")
     unsynced = page.get_by_text(re.compile(r"^Unsynced \(\d+\)$"))
     expect(unsynced.first).to_be_visible(timeout=60_000)
-    _shot(page, "03-saes-partition-unsynced-after-config-edit")
+    screenshot(page, "03-saes-partition-unsynced-after-config-edit")
 
     # 6. The sensor relaunches exactly the stale partitions (all four layers, one run) and nothing else.
     deadline = time.monotonic() + 600
@@ -177,7 +159,7 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     page.goto(f"{dev.url}/assets/saes?view=partitions&partition={LAYERS[0]}")
     expect(page.get_by_text("Latest materialization").first).to_be_visible(timeout=60_000)
     expect(page.get_by_text(re.compile(r"^Unsynced"))).to_have_count(0, timeout=30_000)
-    _shot(page, "04-saes-fresh-after-automation")
+    screenshot(page, "04-saes-fresh-after-automation")
     page.close()
 
 

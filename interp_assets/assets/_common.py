@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
 
 from interp_assets.config import ExperimentConfig
+from interp_assets.dead_runs import HOST_TAG
 from resources.compute import ComputeResource
 
 
@@ -23,12 +25,20 @@ _PIPES_TYPES = {
     "text": dg.MetadataValue.text,
     "path": dg.MetadataValue.path,
     "url": dg.MetadataValue.url,
+    "table": lambda raw: _table(raw),
 }
+
+
+def _table(raw: dict[str, Any]) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(record) for record in raw["records"]],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c["name"], c["type"]) for c in raw["schema"]]),
+    )
 
 
 def _metadata_value(value: Any) -> Any:
     """Custom Pipes messages carry raw JSON: decode the {"raw_value", "type"} form the worker
-    uses for typed metadata (markdown plots, JSON tables) as Pipes itself would."""
+    uses for typed metadata (markdown plots, JSON, tables) as Pipes itself would."""
     if isinstance(value, dict) and set(value) == {"raw_value", "type"} and value["type"] in _PIPES_TYPES:
         return _PIPES_TYPES[value["type"]](value["raw_value"])
     return value
@@ -39,7 +49,9 @@ def tag_run(context: dg.AssetExecutionContext, config: ExperimentConfig) -> None
     launched: UI, CLI, backfill or the automation sensor."""
     from interp_assets.automation import run_tags
 
-    missing = {k: v for k, v in run_tags(config).items() if context.run.tags.get(k) != v}
+    # The host tells release_dead_runs (interp_assets/dead_runs.py) where the run's process lives.
+    wanted = {**run_tags(config), HOST_TAG: socket.gethostname()}
+    missing = {k: v for k, v in wanted.items() if context.run.tags.get(k) != v}
     if missing:
         context.instance.add_run_tags(context.run.run_id, missing)
 

@@ -1,5 +1,5 @@
 """Following one run's SLURM job(s): submit, poll all of them with ONE status call per interval
-(backing off), stream their logs into the run, resubmit what TIMEOUT/PREEMPTED stopped, cancel
+(backing off), stream their logs into the run, resubmit what TIMEOUT, PREEMPTED or a failed node stopped, cancel
 what is left when the step is interrupted, and explain every other end state."""
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from resources.slurm.status import (
     sacct_argv,
     squeue_argv,
 )
+
+JOBS_FILE = "jobs.txt"
+"""Every job id a run's task submitted, one per line, in its run directory."""
 
 if TYPE_CHECKING:
     from resources.slurm.resource import SlurmCompute
@@ -105,6 +108,8 @@ class Follower:
         if not self.submissions:
             self.first_submitted = time.time()
         self.submissions.append(job_id)
+        with open(self.run_dir / JOBS_FILE, "a") as jobs:  # what release_run cancels if the run dies
+            jobs.write(job_id + "\n")
         what = f"array job {job_id} (--array={array}{'%' + str(self.job['array_parallelism']) if self.job['array_parallelism'] else ''})" \
             if array is not None else f"job {job_id}"
         self.context.log.info(f"[slurm] submitted {self.task} as {what}; logs and Pipes files in {self.run_dir}")
@@ -132,6 +137,10 @@ class Follower:
                                           f" after {t.info.get('elapsed') or '?'}")
             again = [t for t in self.tasks if t.state in RESUBMITTABLE and t.attempts <= self.compute.max_resubmits]
             if again:
+                failed_nodes = sorted({t.info.get("node") or "?" for t in again if t.state in ("NODE_FAIL", "BOOT_FAIL")})
+                if failed_nodes:
+                    self.context.log.warning(f"[slurm] node(s) {', '.join(failed_nodes)} failed under "
+                                             f"{', '.join(t.slurm_id for t in again)}")
                 self.context.log.warning(
                     f"[slurm] {', '.join(t.label for t in again)} ended {again[0].state}: resubmitting "
                     f"(attempt {again[0].attempts + 1} of {self.compute.max_resubmits + 1}); the worker resumes from its checkpoint")
@@ -252,7 +261,8 @@ class Follower:
         self.fill_exit_codes([t for t in failed if not t.info.get("exit_code")])
         parts = []
         for t in failed:
-            reason = EXPLAIN.get(t.state, "").format(mem=self.job["mem"], task=self.task, bigger=bigger_mem(self.job["mem"]))
+            reason = EXPLAIN.get(t.state, "").format(mem=self.job["mem"], task=self.task, bigger=bigger_mem(self.job["mem"]),
+                                                     node=t.info.get("node") or "node unknown")
             if t.state in RESUBMITTABLE:
                 reason += f"; resubmitted {t.attempts - 1} time(s), max_resubmits={self.compute.max_resubmits}"
             parts.append(f"{t.label}: SLURM job {t.slurm_id} ended {t.state} ({exit_text(t.info.get('exit_code', ''))}) — {reason}\n"
@@ -292,7 +302,8 @@ class Follower:
         if not self.as_array:
             base = self.task_metadata(self.tasks[0])
         else:
-            base = {"slurm/job_id": self.submissions[0] if self.submissions else "none",
+            # Run-level names: each partition's own slurm/job_id, node, ... come from partition_metadata().
+            base = {"slurm/array_job_id": self.submissions[0] if self.submissions else "none",
                     "slurm/array_tasks": len(self.tasks),
                     "slurm/states": {t.label: t.state for t in self.tasks}}
         return {**base, "slurm/submissions": list(self.submissions), "slurm/status_source": self.source,

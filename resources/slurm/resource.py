@@ -13,7 +13,7 @@ machine, or over SSH on a login node), and follows the job until it ends:
   because the worker skips layers whose outputs already exist for the same config.
 * Status of all of a run's jobs: ONE ``sacct`` (or, without accounting, ``squeue -t all``) call
   per interval, with backoff. The stdout/stderr tail is streamed into the run log meanwhile.
-* End states: TIMEOUT and PREEMPTED are resubmitted (only the affected tasks) up to
+* End states: TIMEOUT, PREEMPTED, NODE_FAIL and BOOT_FAIL are resubmitted (only the affected tasks) up to
   ``max_resubmits`` times; the worker resumes from its last checkpoint (``--signal=B:USR1@N``
   reaches the ``exec``-ed worker, which checkpoints). Other end states fail with a clear message
   and the stderr tail. An interrupted step (run terminated) ``scancel``s its jobs.
@@ -37,7 +37,7 @@ from typing import Any, Literal
 import dagster as dg
 
 from resources.compute import PROJECT_ROOT, ComputeResource, WholeLineFileMessageReader
-from resources.slurm.follower import Follower, Task
+from resources.slurm.follower import JOBS_FILE, Follower, Task
 from resources.slurm.script import BatchSpec, SshTarget, over_ssh
 from resources.slurm.settings import (
     TASK_NAME,
@@ -56,6 +56,7 @@ class SlurmCompute(ComputeResource):
     account: str = ""
     """Account to charge (-A); empty: your default account."""
     qos: str = ""
+    """Quality of service (--qos); empty: the account's default."""
     gres: str = ""
     """Generic resources per node, e.g. ``gpu:1`` or ``gpu:a100:1``."""
     cpus: int = 1
@@ -89,17 +90,21 @@ class SlurmCompute(ComputeResource):
     signal_seconds: int = 90
     """Send USR1 this many seconds before the time limit, so the worker checkpoints."""
     max_resubmits: int = 2
-    """Resubmit a task that ended TIMEOUT or PREEMPTED at most this many times."""
+    """Resubmit a task that ended TIMEOUT, PREEMPTED, NODE_FAIL or BOOT_FAIL at most this many times."""
     poll_seconds: float = 2.0
     """First interval between status polls; grows 1.5x while nothing changes."""
     max_poll_seconds: float = 30.0
+    """Longest interval between status polls."""
     status_source: Literal["auto", "sacct", "squeue"] = "auto"
     """``auto``: sacct, falling back to ``squeue -t all`` when accounting storage is disabled."""
     ssh_host: str = ""
     """Submit on this login node over SSH; empty: run sbatch/squeue/... here."""
     ssh_user: str = ""
+    """Login name on the login node; empty: your local user name (or ~/.ssh/config)."""
     ssh_port: int = 22
+    """The login node's SSH port."""
     ssh_key_file: str = ""
+    """Private key to log in with (absolute path); empty: your SSH agent or default keys."""
     ssh_known_hosts_file: str = ""
     """known_hosts with the login node's key (strict host key checking); empty: ~/.ssh/known_hosts."""
     command_timeout_seconds: float = 60.0
@@ -181,6 +186,16 @@ class SlurmCompute(ComputeResource):
         return BatchSpec(task=task, job=self.job_settings(task), run_dir=run_dir, workdir=self.workdir, python=python,
                          signal_seconds=self.signal_seconds, module_loads=tuple(self.module_loads), venv=self.venv,
                          conda_env=self.conda_env, env=dict(self.env), bootstrap=list(bootstrap), as_array=as_array)
+
+    def release_run(self, run_id: str) -> list[str]:
+        """scancel every job a dead run submitted (recorded in its run directory); a rerun resumes
+        from their checkpoints instead of adopting them."""
+        ids = sorted({line.strip() for path in (Path(self.log_dir) / run_id).glob(f"*/{JOBS_FILE}")
+                      for line in path.read_text().splitlines() if line.strip().isdigit()})
+        if not ids:
+            return []
+        done = self.cluster_command(["scancel", *ids])
+        return [f"release_dead_runs: scancel {' '.join(ids)}: {'ok' if done.returncode == 0 else done.stderr.strip()}"]
 
     def cluster_command(self, argv: list[str], *, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run a SLURM client command here or, with ``ssh_host``, on the login node."""

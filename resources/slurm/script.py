@@ -95,6 +95,9 @@ def sbatch_argv(spec: BatchSpec, array: str | None) -> list[str]:
         f"--output={spec.run_dir}/{stem}.out",
         f"--error={spec.run_dir}/{stem}.err",
         "--open-mode=append",  # a resubmission appends to the same log
+        # SlurmCompute resubmits what a failed node stopped (counted, logged with the node, from the
+        # checkpoint); SLURM's own requeue would rerun it silently under the same id.
+        "--no-requeue",
         f"--chdir={spec.workdir}",
         f"--time={job['time']}",
         f"--mem={job['mem']}",

@@ -12,16 +12,18 @@ JobKey = tuple[str, str | None]
 
 TERMINAL = {"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "CANCELLED",
             "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED", "VANISHED", "HELD"}
-RESUBMITTABLE = {"TIMEOUT", "PREEMPTED"}
+RESUBMITTABLE = {"TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}
+"""End states that say nothing about the job itself (its time ran out, a higher-priority job or a
+failing node took its place): resubmitted, and the worker resumes from its last checkpoint."""
 EXPLAIN = {
     "FAILED": "the worker exited with an error or was killed (see the exit code and the stderr tail)",
     "TIMEOUT": "the job ran past its --time limit",
     "OUT_OF_MEMORY": "the job ran out of memory (its cgroup's limit, --mem={mem}): raise `mem` for this task "
                      "(SlurmCompute.overrides.{task}.mem, e.g. {bigger}); it is not resubmitted, which would fail the same way",
-    "NODE_FAIL": "the node it ran on failed",
+    "NODE_FAIL": "the node it ran on failed ({node})",
     "PREEMPTED": "the job was preempted by a higher-priority job",
     "CANCELLED": "the job was cancelled (scancel, an administrator, or a failed dependency)",
-    "BOOT_FAIL": "the node failed to boot",
+    "BOOT_FAIL": "the node failed to boot ({node})",
     "DEADLINE": "the job missed its deadline",
     "VANISHED": "the job left the queue without a recorded end state (too long between polls?)",
     "HELD": ("SLURM requeued the job and holds it (seen after slurmctld restarts: a job whose batch step ended "
