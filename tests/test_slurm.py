@@ -23,7 +23,7 @@ import pytest
 import yaml
 from browser import browser, screenshot  # noqa: F401 (a fixture)
 from dagster_dev import launch_backfill, start_dagster_dev, wait_for_runs
-from helpers import PROJECT_ROOT, copy_study, run_log, seed_tiny_model, write_config
+from helpers import PROJECT_ROOT, copy_study, run_log, seed_tiny_model, wait_for, write_config
 from slurm_cluster import cluster, cluster_lifetime, failure_text, jobs, materialize, slurm  # noqa: F401 (a fixture)
 
 from interp_assets.config import load_config
@@ -391,6 +391,33 @@ def test_interrupting_the_step_cancels_its_job(studies: dict, tmp_path: Path, tr
     assert after["state"] == "CANCELLED"
     queue = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True).stdout.split()
     assert job["job_id"] not in queue
+
+
+def test_the_jobs_of_a_run_killed_outright_are_cancelled_when_it_is_released(studies: dict, tmp_path: Path) -> None:
+    """A run process SIGKILLed mid-step cannot scancel its job, which would run on unobserved: the
+    release_dead_runs sensor (test_dead_runs) calls SlurmCompute.release_run, which scancels every
+    job the run recorded in its run directory."""
+    config_path = _copy_study(studies["slurm"], tmp_path, {"sae": {**TINY_SAE["sae"], "steps": 1_000_000}})
+    driver = tmp_path / "driver.py"
+    driver.write_text(CANCEL_DRIVER)
+    before = {j["job_id"] for j in jobs()}
+    process = subprocess.Popen([sys.executable, str(driver), str(config_path), str(tmp_path / "logs"), "1", "{}"],
+                               env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        job = wait_for("the job to run", lambda: next(
+            (j for j in jobs() if j["job_id"] not in before and j["state"] == "RUNNING"), None), timeout=180, every=0.5)
+        process.kill()  # the run's process dies outright: nothing of it can scancel
+        process.wait(timeout=60)
+        time.sleep(2)
+        assert jobs(job["job_id"])[0]["state"] == "RUNNING"  # the job runs on, unobserved
+        (run_dir,) = (tmp_path / "logs").iterdir()
+        lines = SlurmCompute(log_dir=str(tmp_path / "logs")).release_run(run_dir.name)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert lines == [f"release_dead_runs: scancel {job['job_id']}: ok"], lines
+    wait_for("the job to be cancelled", lambda: jobs(job["job_id"])[0]["state"] == "CANCELLED", timeout=60, every=0.5)
 
 
 def test_usr1_at_any_moment_of_a_job_never_kills_it(studies: dict, tmp_path: Path) -> None:
