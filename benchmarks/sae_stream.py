@@ -134,9 +134,11 @@ def child_stream(args: argparse.Namespace) -> dict:
 
     model, tokenizer, texts = _setup(args)
     layers = _layers(args.sae_layers)
-    plan = plan_stream(tokenizer, texts, args.seq_len, eval_vectors=0, chunk_vectors=args.shuffle_buffer)
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"][: args.seq_len] for text in texts]
+    windows = torch.tensor([row for row in ids if len(row) == args.seq_len], dtype=torch.int32)
+    plan = plan_stream(windows, chunk_vectors=args.shuffle_buffer)
 
-    stream = ActivationStream(model, tokenizer, layers, args.hook_point, plan, max_tokens=args.seq_len,
+    stream = ActivationStream(model, tokenizer, layers, args.hook_point, plan,
                               forward_batch_size=args.forward_batch, dtype=torch.bfloat16, seed=0)
     config = _trainer_config(args, args.warmup + args.steps)
     lockstep = Lockstep(stream, args.batch)

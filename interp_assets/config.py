@@ -182,11 +182,17 @@ class ActivationsSection(_Section):
     batch_size: int = Field(default=32, ge=1, le=4096)
     shard_max_vectors: int = Field(default=65_536, ge=16, le=100_000_000)
     """Vectors per safetensors shard; capture memory is O(shard), not O(dataset)."""
-    corpus_sequences: int = Field(default=2000, ge=1, le=100_000_000)
-    """SAE-training corpus: number of sequences captured (all positions)."""
-    corpus_seq_len: int = Field(default=32, ge=2, le=32_768)
-    corpus_path: PathOrUrl | None = None
-    """A UTF-8 text file, one document per line; default: text generated from the behaviours."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_to_corpus(cls, data: Any) -> Any:
+        moved = {"corpus_sequences": "corpus.max_tokens (a token budget) or corpus.generated_documents",
+                 "corpus_seq_len": "corpus.seq_len", "corpus_path": "corpus.path (with corpus.source)"}
+        if isinstance(data, dict):
+            for key, where in moved.items():
+                if key in data:
+                    raise ValueError(f"activations.{key} has moved: write {where} in the corpus: section")
+        return data
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -212,6 +218,60 @@ class ActivationsSection(_Section):
         return value
 
 
+class CorpusSection(_Section):
+    """The text the SAEs train on and are judged on (core/corpus.py says exactly how it is read,
+    split and packed). Everything is local: nothing is downloaded."""
+
+    source: Literal["generated", "text", "jsonl", "parquet", "dataset"] = "generated"
+    """generated: the behaviour sentences the tiny model learned from (its default; a pretrained
+    model needs real text). text: UTF-8 files; jsonl / parquet: files with a text column; dataset:
+    a Hugging Face ``datasets`` folder written by ``save_to_disk``."""
+    path: PathOrUrl | None = None
+    """A file, or a folder of files of that kind (read in sorted order), or the dataset folder.
+    Relative to the config file. Local paths only."""
+    text_column: str = "text"
+    """jsonl / parquet / dataset: the column holding each document."""
+    text_documents: Literal["line", "paragraph", "file"] = "paragraph"
+    """text: what one document is: a line, a paragraph (lines up to a blank line), or a file."""
+    dataset_split: str | None = None
+    """dataset: the split of a ``DatasetDict`` folder (default ``train``)."""
+    generated_documents: int = Field(default=16_000, ge=10, le=10_000_000)
+    """generated: sentences generated (from ``experiment.seed``)."""
+    seq_len: int = Field(default=32, ge=2, le=32_768)
+    """Tokens per packed window (the SAE's context size)."""
+    packing: Literal["concatenate", "document"] = "concatenate"
+    """concatenate: documents + end-of-text in one stream cut into windows (SAELens's packing, for
+    pretrained models). document: one document per window, cut and padded (a model trained on
+    one document per context: the tiny model)."""
+    max_tokens: int = Field(default=98_304, ge=2, le=100_000_000_000)
+    """Training token budget: the first max_tokens // seq_len windows of the training documents."""
+    eval_tokens: int = Field(default=8_192, ge=2, le=1_000_000_000)
+    """Held-out token budget for every figure that judges an SAE."""
+    held_out_fraction: float = Field(default=0.1, gt=0, lt=1)
+    """Share of documents held out, chosen by a hash of each document's text."""
+    exclude_first_positions: int = Field(default=0, ge=0)
+    """Positions at the start of every window fed as context but never used as SAE data (Qwen's
+    position-0 attention-sink activations are hundreds of times larger than the rest)."""
+    allow_generated_with_pretrained: bool = False
+    """Let a pretrained model use the generated corpus (a plumbing check, not a study)."""
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> CorpusSection:
+        if self.source == "generated" and self.path is not None:
+            raise ValueError("path is for a file-based source: set source (text, jsonl, parquet, dataset) or drop path")
+        if self.source != "generated" and not self.path:
+            raise ValueError(f"source: {self.source} needs path: the local file or folder of the corpus")
+        if self.path and "://" in self.path:
+            raise ValueError(f"path {self.path!r}: the corpus is read from a local file or folder, not a URL")
+        if self.exclude_first_positions >= self.seq_len:
+            raise ValueError(f"exclude_first_positions {self.exclude_first_positions} leaves nothing of a "
+                             f"seq_len {self.seq_len} window")
+        for budget in ("max_tokens", "eval_tokens"):
+            if getattr(self, budget) < self.seq_len:
+                raise ValueError(f"{budget} {getattr(self, budget)} is less than one window of seq_len {self.seq_len}")
+        return self
+
+
 class SaeSection(_Section):
     """SAE hyper-parameters (Phase 3). Defaults are the spec's."""
 
@@ -235,9 +295,12 @@ class SaeSection(_Section):
     shuffle_buffer_vectors: int = Field(default=262_144, ge=256, le=1_000_000_000)
     """Vectors held in memory for shuffling (memory is this × d_in × 2 bytes, whatever the data)."""
     eval_vectors: int = Field(default=4096, ge=1, le=10_000_000)
-    """Held-out corpus vectors for explained variance (never trained on)."""
-    ce_eval_texts: int = Field(default=64, ge=1, le=100_000)
-    """Corpus documents used for CE-loss recovered (SAE spliced into the model)."""
+    """Held-out vectors for the training curve's explained variance at the end of training (the
+    summary's figures use all of ``corpus.eval_tokens``)."""
+    dense_threshold: float = Field(default=0.1, gt=0, le=1)
+    """A latent firing on more than this share of held-out tokens counts as dense."""
+    min_ce_denominator: float = Field(default=0.05, ge=0)
+    """Nats: below this CE increase from zero-ablating the layer, CE-recovered is flagged as noise."""
     min_explained_variance: float = Field(default=0.7, ge=0, le=1)
     max_dead_fraction: float = Field(default=0.2, ge=0, le=1)
     seed: int = Field(default=0, ge=0)
@@ -344,6 +407,7 @@ class ExperimentConfig(_Section):
     prompts: PromptsSection = PromptsSection()
     baselines: BaselinesSection = BaselinesSection()
     activations: ActivationsSection
+    corpus: CorpusSection = CorpusSection()
     sae: SaeSection = SaeSection()
     attribution: AttributionSection = AttributionSection()
     interventions: InterventionsSection = InterventionsSection()
@@ -352,6 +416,25 @@ class ExperimentConfig(_Section):
 
     source_path: str | None = Field(default=None, exclude=True)
     """Where this config was read from (not part of any hash)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_from_sae(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("sae"), dict) and "ce_eval_texts" in data["sae"]:
+            raise ValueError("sae.ce_eval_texts has moved: the held-out budget is corpus.eval_tokens")
+        return data
+
+    @model_validator(mode="after")
+    def _real_text_for_a_real_model(self) -> ExperimentConfig:
+        if (self.model.source == "pretrained" and self.corpus.source == "generated"
+                and not self.corpus.allow_generated_with_pretrained):
+            raise ValueError(
+                "corpus.source: generated is the tiny model's template sentences (about 100k tokens of "
+                f"them); SAEs of the pretrained {self.model.name} need real text: set corpus.source "
+                "(text, jsonl, parquet or dataset) and corpus.path (README: Preparing a corpus), or "
+                "corpus.allow_generated_with_pretrained: true for a plumbing check"
+            )
+        return self
 
     @model_validator(mode="after")
     def _key_layers_captured(self) -> ExperimentConfig:
@@ -418,10 +501,12 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
             "root": _resolve_relative(config.storage.root, base_dir),
             "tiers": {folder: _resolve_relative(root, base_dir) for folder, root in config.storage.tiers.items()},
         })
-        model = config.model
+        model, corpus = config.model, config.corpus
         if model.path is not None:
             model = model.model_copy(update={"path": _resolve_relative(model.path, base_dir)})
-        config = config.model_copy(update={"storage": storage, "model": model})
+        if corpus.path is not None:
+            corpus = corpus.model_copy(update={"path": _resolve_relative(corpus.path, base_dir)})
+        config = config.model_copy(update={"storage": storage, "model": model, "corpus": corpus})
     return config
 
 
@@ -455,6 +540,39 @@ def check_against_model(config: ExperimentConfig) -> None:
         )
 
 
+def corpus_spec(config: ExperimentConfig):  # noqa: ANN201 - core.corpus.CorpusSpec
+    """The corpus reader's spec: ``corpus:`` plus the seed of the generated corpus."""
+    from interp_assets.artifacts import behaviour_seed
+    from interp_assets.core.corpus import CorpusSpec
+
+    section = config.corpus
+    return CorpusSpec(
+        **section.model_dump(exclude={"allow_generated_with_pretrained"}),
+        generated_seed=behaviour_seed(config.experiment.seed, "corpus"),
+    )
+
+
+def check_corpus(config: ExperimentConfig) -> None:
+    """The corpus checks that need the files (present, column there, dataset opens, UTF-8)."""
+    from interp_assets.core.corpus import CorpusError, check_corpus as check_files, content_fingerprint
+
+    spec = corpus_spec(config)
+    try:
+        check_files(spec)
+        content_fingerprint(spec)  # hashes each file once per change, and checks text is UTF-8
+    except CorpusError as error:
+        raise ConfigError(f"invalid experiment config {config.source_path}: {error}") from None
+
+
+def corpus_identity(config: ExperimentConfig) -> str:
+    """sha256 (16 hex) of what the SAE windows are made of beyond the config's settings: the
+    corpus files' bytes and, for a pretrained model, its tokenizer files."""
+    from interp_assets.core.corpus import content_fingerprint, tokenizer_files
+
+    extra = tokenizer_files(config.model.path) if config.model.source == "pretrained" and config.model.path else []
+    return content_fingerprint(corpus_spec(config), extra)[:16]
+
+
 def load_config(path: str | Path | None = None) -> ExperimentConfig:
     """Read, validate and check a config file; ``None`` means $INTERP_ASSETS_CONFIG or configs/tiny.yaml."""
     config_path = Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH).resolve()
@@ -469,4 +587,5 @@ def load_config(path: str | Path | None = None) -> ExperimentConfig:
         raise ConfigError(f"invalid experiment config {config_path}: not valid YAML: {error}") from None
     config = parse_config(data, source=str(config_path), base_dir=config_path.parent)
     check_against_model(config)
+    check_corpus(config)
     return config

@@ -16,6 +16,18 @@ TINY_CONFIG = PROJECT_ROOT / "configs" / "tiny.yaml"
 DATA = Path(__file__).resolve().parent / "data"
 
 
+SMALL_CORPUS = {"generated_documents": 1500, "max_tokens": 8192, "eval_tokens": 1024}
+"""A generated corpus of ~18k tokens: 256 training and 32 held-out windows, for plumbing tests."""
+
+
+def save_text_dataset(folder: Path, texts: list[str], column: str = "text") -> Path:
+    """A Hugging Face ``datasets`` folder (``save_to_disk``) holding ``texts``, as a lab prepares one."""
+    import datasets
+
+    datasets.Dataset.from_dict({column: texts}).save_to_disk(str(folder))
+    return folder
+
+
 def tiny_config_dict() -> dict[str, Any]:
     return yaml.safe_load(TINY_CONFIG.read_text())
 

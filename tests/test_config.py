@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import DATA, PROJECT_ROOT, deep_update, tiny_config_dict, write_config
+from helpers import DATA, PROJECT_ROOT, deep_update, save_text_dataset, tiny_config_dict, write_config
 
 from interp_assets.config import ConfigError, load_config, parse_config
 
@@ -41,6 +41,7 @@ def test_qwen_preset_validates_layers_against_the_real_model_config(tmp_path: Pa
     model_dir = _qwen_model_dir(tmp_path)
     data = yaml.safe_load((PROJECT_ROOT / "configs" / "qwen2.5-3b.yaml").read_text())
     data["model"]["path"] = str(model_dir)
+    data["corpus"]["path"] = str(save_text_dataset(tmp_path / "corpus", ["Some real text.", "More of it."]))
     path = tmp_path / "qwen.yaml"
     path.write_text(json.dumps(data))  # JSON is YAML
     config = load_config(path)

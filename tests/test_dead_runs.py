@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster_dev import launch_backfill, start_private_ui
-from helpers import PROJECT_ROOT, run_log, seed_tiny_model, wait_for, write_config
+from helpers import PROJECT_ROOT, SMALL_CORPUS, run_log, seed_tiny_model, wait_for, write_config
 
 from interp_assets.dead_runs import CHECK_SECONDS, process_started_at, run_process
 from interp_assets.definitions import build_definitions
@@ -24,7 +24,7 @@ from resources.compute import RUN_ID_ENV
 pytestmark = pytest.mark.slow
 
 SAE = {"steps": 50_000, "checkpoint_every": 500, "log_every": 100, "lr_warmup_steps": 100, "lr_decay_steps": 200,
-       "l1_warmup_steps": 200, "eval_vectors": 512, "ce_eval_texts": 8, "min_explained_variance": 0.0,
+       "l1_warmup_steps": 200, "eval_vectors": 512, "min_explained_variance": 0.0,
        "max_dead_fraction": 1.0}
 
 
@@ -61,7 +61,7 @@ def _runs_of(instance: dg.DagsterInstance, backfill: str) -> list[dg.DagsterRun]
 def test_a_killed_run_is_failed_its_slot_freed_and_the_waiting_run_goes_on(
     tmp_path: Path, tiny_model_storage: Path
 ) -> None:
-    config_path = write_config(tmp_path, {"sae": SAE, "activations": {"corpus_sequences": 600},
+    config_path = write_config(tmp_path, {"sae": SAE, "corpus": SMALL_CORPUS,
                                           "automation": {"enabled": False}})
     seed_tiny_model(tmp_path / "storage", tiny_model_storage)
     defs = build_definitions(config_path)

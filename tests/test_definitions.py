@@ -96,13 +96,14 @@ def test_pretrained_preset_loads_when_the_model_is_on_disk(tmp_path: Path, prese
     import shutil
 
     import yaml
-    from helpers import DATA
+    from helpers import DATA, save_text_dataset
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     shutil.copy(DATA / "qwen2.5-3b-instruct.config.json", model_dir / "config.json")
     data = yaml.safe_load((PROJECT_ROOT / "configs" / preset).read_text())
     data["model"]["path"] = str(model_dir)
+    data["corpus"]["path"] = str(save_text_dataset(tmp_path / "corpus", ["Some real text.", "More of it."]))
     path = tmp_path / preset
     path.write_text(yaml.safe_dump(data))
     graph = build_definitions(path).resolve_asset_graph()

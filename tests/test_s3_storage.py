@@ -95,7 +95,8 @@ def test_the_pipeline_on_s3_gives_the_local_backends_data_versions(s3_endpoint: 
     from dagster._serdes import serialize_value
 
     updates = {"sae": {"steps": 40, "checkpoint_every": 20, "log_every": 20, "lr_warmup_steps": 5,
-                       "lr_decay_steps": 10, "l1_warmup_steps": 5, "ce_eval_texts": 8, "min_explained_variance": 0.0}}
+                       "lr_decay_steps": 10, "l1_warmup_steps": 5, "min_explained_variance": 0.0},
+               "corpus": {"eval_tokens": 1024}}
     hot = tmp_path / "scratch"
     storages = {
         "local": {"root": str(tmp_path / "local" / "storage")},

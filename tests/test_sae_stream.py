@@ -64,7 +64,7 @@ def test_stream_mode_drops_the_activations_dependency_and_reads_the_stream_secti
     parents, base = graph({"sae": STREAM})
     assert parents == {"language_model"}
     # In stream mode the corpus settings reach the SAEs through their own code version.
-    _, corpus_edit = graph({"sae": STREAM, "activations": {"corpus_sequences": 4000}})
+    _, corpus_edit = graph({"sae": STREAM, "corpus": {"generated_documents": 12000}})
     assert {name for name in base if base[name] != corpus_edit[name]} >= {"activations", "saes"}
     _, grouped = graph({"sae": {**STREAM, "stream_layers_per_task": 1}})
     assert grouped == base

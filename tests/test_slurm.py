@@ -23,7 +23,7 @@ import pytest
 import yaml
 from browser import browser, screenshot  # noqa: F401 (a fixture)
 from dagster_dev import launch_backfill, start_dagster_dev, wait_for_runs
-from helpers import PROJECT_ROOT, copy_study, run_log, seed_tiny_model, wait_for, write_config
+from helpers import PROJECT_ROOT, SMALL_CORPUS, copy_study, run_log, seed_tiny_model, wait_for, write_config
 from slurm_cluster import cluster, cluster_lifetime, failure_text, jobs, materialize, slurm  # noqa: F401 (a fixture)
 
 from interp_assets.config import load_config
@@ -36,8 +36,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # Short SAE runs: the point here is the plumbing, not the quality bar (tested in test_pipeline).
 TINY_SAE = {"sae": {"steps": 40, "checkpoint_every": 20, "log_every": 10, "lr_warmup_steps": 5, "lr_decay_steps": 10,
-                    "l1_warmup_steps": 10, "dead_window_steps": 20, "eval_vectors": 512, "ce_eval_texts": 8,
-                    "min_explained_variance": 0.0, "max_dead_fraction": 1.0}}
+                    "l1_warmup_steps": 10, "dead_window_steps": 20, "eval_vectors": 512,
+                    "min_explained_variance": 0.0, "max_dead_fraction": 1.0},
+            "corpus": SMALL_CORPUS}
 
 
 def layer_range(first: str, last: str) -> dict[str, str]:

@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 LAYER = "1"
 SAE = {"log_every": 50, "lr_warmup_steps": 20, "lr_decay_steps": 100, "l1_warmup_steps": 100, "dead_window_steps": 200,
-       "eval_vectors": 512, "ce_eval_texts": 8, "min_explained_variance": 0.0, "max_dead_fraction": 1.0}
+       "eval_vectors": 512, "min_explained_variance": 0.0, "max_dead_fraction": 1.0}
 
 
 def script(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -31,7 +31,7 @@ from dagster_dev import (
     wait_for_runs,
 )
 from browser import browser, screenshot  # noqa: F401 (a fixture)
-from helpers import PROJECT_ROOT, seed_tiny_model, write_config
+from helpers import PROJECT_ROOT, SMALL_CORPUS, seed_tiny_model, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +43,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path):  # 
     root = tmp_path_factory.mktemp("ui")
     config_path = write_config(root, {
         "sae": {"steps": 150, "lr_warmup_steps": 20, "lr_decay_steps": 30, "l1_warmup_steps": 20,
-                "checkpoint_every": 100, "log_every": 50, "ce_eval_texts": 16},
-        "activations": {"corpus_sequences": 600},
+                "checkpoint_every": 100, "log_every": 50},
+        "corpus": SMALL_CORPUS,
         # Started by the test once the first materializations are done, so that what it
         # relaunches is only what the config edit made stale.
         # 30 s between ticks leaves time to see the stale state before the sensor repairs it: its

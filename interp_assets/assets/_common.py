@@ -15,8 +15,15 @@ from resources.compute import ComputeResource
 
 def code_version(config: ExperimentConfig, logic_version: str, *sections: str) -> str:
     """Logic version + hash of the config sections the asset reads: editing a section makes
-    exactly the assets that read it (and what is downstream of them) stale."""
-    return f"{logic_version}+{config.section_hash(*sections)}"
+    exactly the assets that read it (and what is downstream of them) stale. An asset that reads
+    the ``corpus`` section also carries the corpus's content fingerprint (its files' bytes and a
+    pretrained model's tokenizer): a changed corpus file stales it like a config edit."""
+    version = f"{logic_version}+{config.section_hash(*sections)}"
+    if "corpus" in sections:
+        from interp_assets.config import corpus_identity
+
+        version += f"+corpus.{corpus_identity(config)}"
+    return version
 
 
 _PIPES_TYPES = {

@@ -10,7 +10,7 @@ from interp_assets.config import ExperimentConfig
 from interp_assets.partitions import layer_partitions
 from resources.compute import ComputeResource
 
-LOGIC_VERSION = "1"
+LOGIC_VERSION = "2"
 
 
 def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
@@ -18,7 +18,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         partitions_def=layer_partitions(config),
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=["language_model", dg.AssetDep("prompts", partition_mapping=dg.AllPartitionMapping())],
-        code_version=code_version(config, LOGIC_VERSION, "experiment", "model", "activations"),
+        code_version=code_version(config, LOGIC_VERSION, "experiment", "model", "activations", "corpus"),
         group_name="study",
         kinds={"pytorch", "safetensors"},
         pool="compute",

@@ -10,7 +10,7 @@ from interp_assets.config import ExperimentConfig
 from interp_assets.partitions import layer_partitions
 from resources.compute import ComputeResource
 
-LOGIC_VERSION = "1"
+LOGIC_VERSION = "2"
 
 
 def sae_checks(metadata: dict, min_explained_variance: float, max_dead_fraction: float) -> list[dg.AssetCheckResult]:
@@ -36,13 +36,14 @@ def upstream(config: ExperimentConfig) -> tuple[list[str], tuple[str, ...]]:
     """(deps, config sections in the code version) for the configured data source.
 
     cached: trained from the stored ``activations``, whose data version carries the model, corpus
-    and capture settings, so only ``sae`` is read directly. stream: the worker runs the model on
-    the corpus itself, so ``activations`` is no dependency (it need never be materialized) and the
-    sections that define the stream (``experiment`` seeds the generated corpus; ``activations``
-    holds hook point, corpus and dtype) join the code version instead."""
+    and capture settings; ``corpus`` is read directly too (the held-out windows every figure is
+    judged on). stream: the worker runs the model on the corpus itself, so ``activations`` is no
+    dependency (it need never be materialized) and the sections that define the stream
+    (``experiment`` seeds the generated corpus; ``activations`` holds hook point and dtype) join
+    the code version instead."""
     if config.sae.data_source == "stream":
-        return ["language_model"], ("experiment", "activations", "sae")
-    return ["activations", "language_model"], ("sae",)
+        return ["language_model"], ("experiment", "activations", "corpus", "sae")
+    return ["activations", "language_model"], ("corpus", "sae")
 
 
 def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:

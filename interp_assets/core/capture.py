@@ -24,14 +24,17 @@ from interp_assets.core.modeling import tokenize_batches
 
 @dataclass(frozen=True)
 class CaptureSource:
-    """A list of texts and which of their token positions to keep."""
+    """A list of texts (or packed token windows) and which of their token positions to keep."""
 
     name: str
-    texts: Sequence[str]
+    texts: Sequence[Any]
+    """Strings, or token-id rows (a ``[n, seq_len]`` tensor of corpus windows)."""
     last_n_tokens: int | None = None
     """Keep only each text's last N positions (behaviour prompts); None keeps every position."""
     max_tokens: int | None = None
-    """Truncate each text to this many tokens (corpus documents)."""
+    """Truncate each text to this many tokens."""
+    skip_first_positions: int = 0
+    """Feed but never keep each text's first positions (corpus.exclude_first_positions)."""
 
 
 ShardWriter = Callable[[int, str, int, dict[str, torch.Tensor]], dict[str, Any]]
@@ -198,6 +201,8 @@ def capture_activations(
                     keep = batch.attention_mask.bool()  # [B, T]
                     if source.last_n_tokens is not None:
                         keep &= positions >= (batch.lengths[:, None] - source.last_n_tokens)
+                    if source.skip_first_positions:
+                        keep &= positions >= source.skip_first_positions
                     text_index = torch.tensor(list(batch.rows), device=device)[:, None].expand_as(keep)
                     skip = skip_rows if batch_index == first_batch else 0  # rows already written before a resume
                     index = {

@@ -54,10 +54,11 @@ def tokenize_batches(
 ) -> Iterator[TokenBatch]:
     """Right-padded batches: real tokens never attend to padding, so each prompt's activations
     and logits are those of the prompt alone, and its last token is at ``lengths - 1``.
-    ``max_tokens`` truncates each text (corpus documents)."""
+    ``max_tokens`` truncates each text. An item that is already token ids (a tensor row or a list
+    of ints: a packed corpus window) is taken as it is."""
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
-        encoded = [tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens] for text in chunk]
+        encoded = [_token_ids(tokenizer, text)[:max_tokens] for text in chunk]
         if any(len(ids) == 0 for ids in encoded):
             raise ValueError("an empty text cannot be scored")
         width = max(len(ids) for ids in encoded)
@@ -72,6 +73,14 @@ def tokenize_batches(
             attention_mask.sum(dim=1).to(device),
             range(start, start + len(chunk)),
         )
+
+
+def _token_ids(tokenizer, item) -> list[int]:  # noqa: ANN001
+    if isinstance(item, str):
+        return tokenizer(item, add_special_tokens=False)["input_ids"]
+    if isinstance(item, torch.Tensor):
+        item = item.tolist()
+    return [token for token in item if token >= 0]  # a packed window's padding (corpus.PAD) is no token
 
 
 def answer_token_id(tokenizer, answer: str) -> int:  # noqa: ANN001

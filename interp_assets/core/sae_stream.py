@@ -1,14 +1,15 @@
 """SAE training data streamed from the language model: no stored activations.
 
 ``sae.data_source: stream``. The SAEs of a group of layers train side by side from ONE forward
-pass per batch of corpus texts, with hooks on every layer of the group; no vector is written to
-disk. Order, for a seed (the same scheme as ``sae_data.ShuffledBatches``, at the level of texts):
-each epoch shuffles the training texts; consecutive runs of ``chunk_texts`` of them form a
-*chunk*, whose activations (at most ``chunk_texts × max_tokens`` vectors per layer: the shuffle
-buffer) are computed by forward passes over those texts and shuffled again; batches are read from
-chunk after chunk and roll over into the next epoch. Everything derives from (seed, epoch,
-chunk), so a position (epoch, chunk, offset) in the token stream is enough to resume exactly: a
-resumed run recomputes only the current chunk's forward passes. Memory is one chunk per layer.
+pass per batch of corpus windows (packed token windows, core/corpus.py), with hooks on every layer
+of the group; no vector is written to disk. Order, for a seed (the same scheme as
+``sae_data.ShuffledBatches``, at the level of windows): each epoch shuffles the training windows;
+consecutive runs of ``chunk_texts`` of them form a *chunk*, whose activations (at most
+``chunk_texts × seq_len`` vectors per layer: the shuffle buffer) are computed by forward passes
+over those windows and shuffled again; batches are read from chunk after chunk and roll over into
+the next epoch. Everything derives from (seed, epoch, chunk), so a position (epoch, chunk,
+offset) in the token stream is enough to resume exactly: a resumed run recomputes only the
+current chunk's forward passes. Memory is one chunk per layer, plus the windows' token ids.
 
 Layers advance in lockstep: each layer's trainer (``sae_training.train_sae``, unchanged) runs in
 its own thread and reads its batches through a barrier, whose action (run once per step, by the
@@ -43,61 +44,52 @@ def _generator(seed: int, *keys: int) -> torch.Generator:
 
 @dataclass(frozen=True)
 class StreamPlan:
-    """Which texts train, which are held out, and how the training texts are chunked."""
+    """The training windows and how they are chunked (the held-out windows are judged apart)."""
 
-    train_texts: Sequence[str]
-    eval_texts: Sequence[str]
-    eval_vectors: int
-    """The last ``eval_vectors`` vectors of ``eval_texts`` (in text order) form the eval set."""
+    train_windows: Any
+    """Packed token windows ``[n, seq_len]`` (core/corpus.py), or plain texts."""
+    skip_first: int
+    """Positions at the start of each window fed but not used as data."""
     n_train_vectors: int
     chunk_texts: int
 
 
-def plan_stream(tokenizer, texts: Sequence[str], max_tokens: int, eval_vectors: int,  # noqa: ANN001
-                chunk_vectors: int) -> StreamPlan:
-    """Hold out the corpus's last vectors for evaluation as the cached path does (the last
-    ``min(eval_vectors, total // 10)`` vectors in text order; here whole texts, the boundary text
-    held out entirely), and size chunks so that a chunk never holds more than ``chunk_vectors``
-    vectors per layer (``chunk_vectors // max_tokens`` texts, at least one)."""
-    lengths = [min(len(ids), max_tokens) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    if any(length == 0 for length in lengths):
-        raise ValueError("the corpus has an empty text")
-    total = sum(lengths)
-    held_out = min(eval_vectors, total // 10)
-    n_eval_texts, covered = 0, 0
-    while covered < held_out:
-        n_eval_texts += 1
-        covered += lengths[-n_eval_texts]
-    split = len(texts) - n_eval_texts
-    if split <= 0:
-        raise ValueError("the corpus is too small to hold out evaluation vectors and still train")
-    return StreamPlan(train_texts=list(texts[:split]), eval_texts=list(texts[split:]), eval_vectors=held_out,
-                      n_train_vectors=sum(lengths[:split]), chunk_texts=max(1, chunk_vectors // max_tokens))
+def plan_stream(windows, chunk_vectors: int, skip_first: int = 0) -> StreamPlan:  # noqa: ANN001
+    """Chunk the training windows so that a chunk never holds more than ``chunk_vectors``
+    vectors per layer (``chunk_vectors // kept positions`` windows, at least one)."""
+    if len(windows) == 0:
+        raise ValueError("the corpus has no training window")
+    kept = windows.shape[1] - skip_first
+    n_vectors = int((windows[:, skip_first:] >= 0).sum())  # a document window's padding holds no vector
+    return StreamPlan(train_windows=windows, skip_first=skip_first, n_train_vectors=n_vectors,
+                      chunk_texts=max(1, chunk_vectors // kept))
 
 
 class ActivationStream:
     """Activations of several layers computed on demand, one forward pass per batch of texts."""
 
     def __init__(self, model, tokenizer, layers: Sequence[int], hook_point: str, plan: StreamPlan,  # noqa: ANN001
-                 *, max_tokens: int, forward_batch_size: int, dtype: torch.dtype, seed: int) -> None:
+                 *, forward_batch_size: int, dtype: torch.dtype, seed: int) -> None:
         self.model, self.tokenizer, self.layers, self.hook_point = model, tokenizer, list(layers), hook_point
-        self.plan, self.max_tokens, self.forward_batch_size = plan, max_tokens, forward_batch_size
+        self.plan, self.forward_batch_size = plan, forward_batch_size
         self.dtype, self.seed = dtype, seed
         self.d_in = hook_width(model.config, hook_point)
-        self.n_chunks = -(-len(plan.train_texts) // plan.chunk_texts)
+        self.n_chunks = -(-len(plan.train_windows) // plan.chunk_texts)
         self.forward_passes = 0
         self.tokens_forwarded = 0
 
     @torch.no_grad()
-    def activations(self, texts: Sequence[str]) -> dict[int, torch.Tensor]:
-        """{layer: [n_tokens, d_in]} in ``dtype`` on the CPU, texts in order, padding dropped."""
+    def activations(self, texts: Sequence[Any]) -> dict[int, torch.Tensor]:
+        """{layer: [n_tokens, d_in]} in ``dtype`` on the CPU, windows in order, the skipped first
+        positions (and any padding) dropped."""
         device = next(self.model.parameters()).device
         parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         with recording(self.model, self.layers, self.hook_point, stop_after_deepest=True) as records:
-            for batch in tokenize_batches(self.tokenizer, texts, self.forward_batch_size, device, self.max_tokens):
+            for batch in tokenize_batches(self.tokenizer, texts, self.forward_batch_size, device):
                 forward_until_recorded(self.model, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                        use_cache=False)
                 keep = batch.attention_mask.bool()
+                keep[:, : self.plan.skip_first] = False
                 for layer in self.layers:
                     parts[layer].append(records[layer][keep].to(self.dtype).cpu())
                 self.forward_passes += 1
@@ -107,26 +99,19 @@ class ActivationStream:
 
     def chunk(self, epoch: int, chunk: int) -> dict[int, torch.Tensor]:
         """The shuffled rows of one chunk for every layer (the same row order for every layer)."""
-        order = torch.randperm(len(self.plan.train_texts), generator=_generator(self.seed, epoch))
-        chosen = order[chunk * self.plan.chunk_texts : (chunk + 1) * self.plan.chunk_texts].tolist()
-        rows = self.activations([self.plan.train_texts[i] for i in chosen])
+        order = torch.randperm(len(self.plan.train_windows), generator=_generator(self.seed, epoch))
+        chosen = order[chunk * self.plan.chunk_texts : (chunk + 1) * self.plan.chunk_texts]
+        rows = self.activations(self.plan.train_windows[chosen])
         n = next(iter(rows.values())).shape[0]
         perm = torch.randperm(n, generator=_generator(self.seed, epoch, chunk))
         return {layer: tensor[perm] for layer, tensor in rows.items()}
 
     def head(self, n: int) -> dict[int, torch.Tensor]:
-        """The first ``n`` training vectors in text order (the input scale is set from them)."""
-        texts, count = [], 0
-        for text in self.plan.train_texts:
-            if count >= n:
-                break
-            texts.append(text)
-            count += min(len(self.tokenizer(text, add_special_tokens=False)["input_ids"]), self.max_tokens)
-        return {layer: rows[:n] for layer, rows in self.activations(texts).items()}
-
-    def eval_vectors(self) -> dict[int, torch.Tensor]:
-        rows = self.activations(self.plan.eval_texts)
-        return {layer: tensor[tensor.shape[0] - self.plan.eval_vectors :] for layer, tensor in rows.items()}
+        """The first ``n`` training vectors in window order (the input scale is set from them)."""
+        per_window = (self.plan.train_windows[:, self.plan.skip_first :] >= 0).sum(dim=1).cumsum(dim=0)
+        enough = int(torch.searchsorted(per_window, torch.tensor(n))) + 1
+        rows = self.activations(self.plan.train_windows[:enough])
+        return {layer: tensor[:n] for layer, tensor in rows.items()}
 
     def next_position(self, epoch: int, chunk: int) -> tuple[int, int]:
         return (epoch, chunk + 1) if chunk + 1 < self.n_chunks else (epoch + 1, 0)

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from interp_assets.artifacts import activations_relpath, capture_checkpoint_relpath, prompts_relpath
-from interp_assets.tasks.common import TaskContext, TaskResult, combined_version, corpus_texts, load_model
+from interp_assets.tasks.common import TaskContext, TaskResult, combined_version, corpus_record, corpus_windows, load_model
 
 
 def task_activations(ctx: TaskContext) -> TaskResult:
@@ -31,11 +31,16 @@ def task_activations(ctx: TaskContext) -> TaskResult:
         for variant in ("clean", "corrupted")
         for pid, beh in zip(prompts["id"].to_list(), prompts["behaviour"].to_list(), strict=True)
     ]
+    model, tokenizer = load_model(ctx)
+    # Read and packed before anything is written: a corpus that cannot fill its budget fails here.
+    train_windows = corpus_windows(config, tokenizer, held_out=False)
+    corpus = corpus_record(config)
+    ctx.log(f"corpus: {train_windows.shape[0]} training windows of {config.corpus.seq_len} tokens "
+            f"({config.corpus.source}, held-out documents excluded)")
     sources = [
-        CaptureSource("corpus", corpus_texts(config), max_tokens=section.corpus_seq_len),
+        CaptureSource("corpus", train_windows, skip_first_positions=config.corpus.exclude_first_positions),
         CaptureSource("prompts", prompt_texts, last_n_tokens=section.last_n_tokens),
     ]
-    model, tokenizer = load_model(ctx)
     width = hook_width(model.config, section.hook_point)
     dtype = DTYPES[section.dtype]
     # Shards sized in vectors; a manifest written last makes a layer's shards valid as a set.
@@ -44,6 +49,7 @@ def task_activations(ctx: TaskContext) -> TaskResult:
     checkpoint = capture_checkpoint_relpath(config, layers)
     fingerprint = hashlib.sha256(json.dumps({
         "config": config.section_hash("model", "activations"),  # the model section names its weights
+        "corpus": corpus,
         "layers": layers,
         "prompts": [hashlib.sha256(ctx.store.read_bytes(prompts_relpath(b))).hexdigest() for b in config.prompts.behaviours],
     }, sort_keys=True).encode()).hexdigest()
@@ -99,7 +105,7 @@ def task_activations(ctx: TaskContext) -> TaskResult:
             },
             "prompt_rows": prompt_rows,
             "last_n_tokens": section.last_n_tokens,
-            "corpus_seq_len": section.corpus_seq_len,
+            "corpus": corpus,
         }
         relpath = activations_relpath(config, layer)
         versions[str(layer)] = ctx.store.write_json(f"{relpath}/manifest.json", manifest)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interp_assets.artifacts import behaviour_seed, saes_relpath, tiny_model_relpath
+from interp_assets.artifacts import saes_relpath, tiny_model_relpath
 from interp_assets.config import ExperimentConfig
 from resources.storage import ArtifactStore
 
@@ -71,21 +71,21 @@ def load_model(ctx: TaskContext):  # noqa: ANN201
     return load_model_and_tokenizer(model_dir(ctx), ctx.config.model.dtype, ctx.config.model.device)
 
 
-def corpus_texts(config: ExperimentConfig) -> list[str]:
-    """The SAE-training corpus: ``activations.corpus_path`` (one document per line), or text
-    generated from the behaviours."""
-    section = config.activations
-    if section.corpus_path:
-        path = Path(section.corpus_path)
-        if not path.is_absolute() and config.source_path:
-            path = Path(config.source_path).parent / path
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return lines[: section.corpus_sequences]
-    from interp_assets.core.behaviours import generate_corpus
+def corpus_windows(config: ExperimentConfig, tokenizer, held_out: bool):  # noqa: ANN001, ANN201
+    """The packed token windows of the SAE corpus (core/corpus.py): the training budget, or the
+    held-out budget. ``[n, corpus.seq_len]`` int32."""
+    from interp_assets.config import corpus_spec
+    from interp_assets.core.corpus import read_windows
 
-    # One sentence per document: the tiny model is trained on sentences that never attend to
-    # each other, so this is the distribution its activations come from.
-    return generate_corpus(section.corpus_sequences, behaviour_seed(config.experiment.seed, "corpus"))
+    return read_windows(corpus_spec(config), tokenizer, held_out=held_out)
+
+
+def corpus_record(config: ExperimentConfig) -> dict[str, Any]:
+    """What the SAE data is made of, recorded in manifests and fingerprints: the corpus settings
+    and the bytes of its files (and of a pretrained model's tokenizer)."""
+    from interp_assets.config import corpus_identity
+
+    return {**config.corpus.model_dump(mode="json"), "content_sha256": corpus_identity(config)}
 
 
 def load_saes(ctx: TaskContext, layers: list[int]) -> dict:

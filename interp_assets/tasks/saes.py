@@ -12,7 +12,7 @@ from typing import Any
 from interp_assets.artifacts import activations_relpath, sae_checkpoint_relpath, saes_relpath
 from interp_assets.checkpoint_signal import checkpoint_requested
 from interp_assets.tasks.common import TaskContext, TaskResult, combined_version, load_model, md
-from interp_assets.tasks.sae_publish import published_summary, publish_sae, saelens_metadata
+from interp_assets.tasks.sae_publish import HeldOut, eval_vectors, held_out_text, published_summary, publish_sae, saelens_metadata
 from interp_assets.tasks.saes_stream import train_sae_group_streamed
 
 
@@ -22,20 +22,23 @@ def task_saes(ctx: TaskContext) -> TaskResult:
 
     model, tokenizer = load_model(ctx)
     layers = sorted(int(key) for key in ctx.partition_keys)
+    held_out = held_out_text(ctx, tokenizer)
     summaries, partitions = {}, {}
     if ctx.config.sae.data_source == "stream":
         trained = {}
         for group in ctx.config.sae.layer_groups(layers):
-            trained.update(train_sae_group_streamed(ctx, group, model, tokenizer))
+            trained.update(train_sae_group_streamed(ctx, group, model, tokenizer, held_out))
     for layer in layers:
         if ctx.config.sae.data_source == "stream":
             summary = trained[layer]
         else:
-            summary = train_one_sae(ctx, layer, model, tokenizer)
+            summary = train_one_sae(ctx, layer, model, held_out)
         summaries[str(layer)] = summary
         png = ctx.store.read_bytes(f"{saes_relpath(ctx.config, layer)}/training_curve.png")
         partitions[str(layer)] = {
             **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
+            "held_out_vs_random_sae": md(held_out_table(summary)),
+            "l0_histogram": {"raw_value": summary["l0_histogram"], "type": "json"},
             "path": ctx.store.url(saes_relpath(ctx.config, layer)),
             "training_curve": md(png_markdown(png, f"layer {layer} SAE training curve")),
         }
@@ -46,13 +49,42 @@ def task_saes(ctx: TaskContext) -> TaskResult:
             "dead_fraction": {"raw_value": {k: s["dead_fraction"] for k, s in summaries.items()}, "type": "json"},
             "l0": {"raw_value": {k: s["l0"] for k, s in summaries.items()}, "type": "json"},
             "ce_loss_recovered": {"raw_value": {k: s["ce_loss_recovered"] for k, s in summaries.items()}, "type": "json"},
+            "ce_denominator_zero_ablation": {"raw_value": {k: s["ce_denominator_zero_ablation"]
+                                                          for k, s in summaries.items()}, "type": "json"},
+            "explained_variance_random_sae": {"raw_value": {k: s["random_sae/explained_variance"]
+                                                           for k, s in summaries.items()}, "type": "json"},
         },
         data_version=combined_version({k: s["weights_sha256"] for k, s in summaries.items()}),
         partitions=partitions,
     )
 
 
-def train_one_sae(ctx: TaskContext, layer: int, model, tokenizer) -> dict[str, Any]:  # noqa: ANN001
+_JUDGED = (("explained_variance", "explained variance (R²)"), ("mse_normalised", "MSE / variance"),
+           ("l0", "L0 (mean latents per token)"), ("dead_fraction", "dead latents"),
+           ("dense_fraction", "dense latents"), ("ce_loss_with_sae", "CE with the SAE spliced in (nats)"),
+           ("kl_with_sae", "KL to the clean model (nats)"), ("ce_loss_recovered", "CE-loss recovered (zero abl.)"),
+           ("ce_loss_recovered_mean_ablation", "CE-loss recovered (mean abl.)"))
+
+
+def held_out_table(summary: dict[str, Any]) -> str:
+    """The SAE's held-out figures beside a random SAE's of the same shape, with the CE figures
+    they divide by, as the run's Markdown."""
+    def cell(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
+    rows = [f"| {label} | {cell(summary.get(key))} | {cell(summary.get(f'random_sae/{key}'))} |"
+            for key, label in _JUDGED]
+    lines = [f"Held out: {summary['n_eval_tokens']} tokens ({summary['n_eval_windows']} windows) of documents "
+             "never trained on.", "", "| figure | this SAE | random SAE (chance) |", "|---|---|---|", *rows, "",
+             f"CE clean {summary['ce_loss_clean']:.4f}, zero-ablated {summary['ce_loss_zero_ablation']:.4f} "
+             f"(denominator {summary['ce_denominator_zero_ablation']:.4f}), mean-ablated "
+             f"{summary['ce_loss_mean_ablation']:.4f} (denominator {summary['ce_denominator_mean_ablation']:.4f}) nats."]
+    if "ce_warning" in summary:
+        lines += ["", f"**Warning:** {summary['ce_warning']}"]
+    return "\n".join(lines)
+
+
+def train_one_sae(ctx: TaskContext, layer: int, model, held_out: HeldOut) -> dict[str, Any]:  # noqa: ANN001
     """Train (or resume, or skip when already done for this config and data) one layer's SAE."""
     from interp_assets.core.sae_data import ShardedActivations, ShuffledBatches
     from interp_assets.core.sae_training import train_sae
@@ -65,15 +97,15 @@ def train_one_sae(ctx: TaskContext, layer: int, model, tokenizer) -> dict[str, A
     manifest_bytes = store.read_bytes(f"{act_relpath}/manifest.json")
     manifest = json.loads(manifest_bytes)
     trainer_config = config.sae.trainer_config()
-    fingerprint = trainer_config.fingerprint(hashlib.sha256(manifest_bytes).hexdigest())
+    data_fingerprint = hashlib.sha256(manifest_bytes + held_out.fingerprint.encode()).hexdigest()
+    fingerprint = trainer_config.fingerprint(data_fingerprint)
 
     published = published_summary(ctx, layer, fingerprint)  # a retry of a range run skips finished layers
     if published is not None:
         return published
 
     shards = [store.local_file(f"{act_relpath}/{s['file']}") for s in manifest["sources"]["corpus"]["shards"]]
-    total = manifest["sources"]["corpus"]["n_vectors"]
-    data = ShardedActivations(shards, held_out=min(config.sae.eval_vectors, total // 10))
+    data = ShardedActivations(shards)  # every stored corpus vector is a training vector
     batches = ShuffledBatches(data, trainer_config.batch_size, seed=trainer_config.seed,
                               chunk_vectors=config.sae.shuffle_buffer_vectors)
     metadata = saelens_metadata(ctx, layer, dataset_path=store.url(act_relpath))
@@ -86,15 +118,15 @@ def train_one_sae(ctx: TaskContext, layer: int, model, tokenizer) -> dict[str, A
     result = train_sae(
         batches,
         trainer_config,
-        data_fingerprint=hashlib.sha256(manifest_bytes).hexdigest(),
+        data_fingerprint=data_fingerprint,
         metadata=metadata,
         device=model.device if model is not None else "cpu",
         load_checkpoint=load_checkpoint,
         save_checkpoint=lambda blob: store.write_bytes(checkpoint, blob),
         log=lambda message: ctx.log(f"layer {layer}: {message}"),
-        eval_vectors=data.held_out_vectors(),
+        eval_vectors=eval_vectors(ctx, model, held_out, layer),
         checkpoint_requested=checkpoint_requested,
     )
-    return publish_sae(ctx, layer, result, fingerprint, model, tokenizer)
+    return publish_sae(ctx, layer, result, fingerprint, model, held_out)
 
 
