@@ -117,18 +117,20 @@ def sae_shape(config: ExperimentConfig, model: ModelShape) -> SaeShape:
 
 def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: Device) -> list[PhaseEstimate]:
     prompt_tokens = assumption("prompt_tokens")
-    base = assumption("process_base_bytes")
+    base = assumption("process_base_bytes") + (assumption("cuda_context_host_bytes") if device.is_gpu else 0.0)
     weights = model.weight_bytes()
     act_bytes = DTYPE_BYTES[config.activations.dtype]
     behaviours = len(config.prompts.behaviours)
     n = config.prompts.n_per_behaviour
     layers = list(config.activations.layers)
     key = sorted(config.attribution.key_layers or layers)
+
     def resident(device_bytes: float, host_extra: float = 0.0) -> tuple[float, float]:
-        # On a GPU the weights pass through host memory while loading (safetensors → tensor → .to(cuda)).
-        device_peak = device_bytes if device.is_gpu else base + device_bytes + host_extra
-        host_peak = base + (weights if device.is_gpu else 0.0) + host_extra + (0.0 if device.is_gpu else device_bytes)
-        return device_peak, max(host_peak, device_peak if not device.is_gpu else 0.0)
+        """(device peak, host peak). On a GPU the weights pass through host memory while loading
+        (safetensors → tensor → .to(cuda)); on the CPU everything is host memory."""
+        if device.is_gpu:
+            return device_bytes, base + weights + host_extra
+        return base + device_bytes + host_extra, base + device_bytes + host_extra
 
     phases: list[PhaseEstimate] = []
 
@@ -143,10 +145,11 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
         phases.append(PhaseEstimate("language_model", 1, flops, spec.train_steps * 16.0 * model.params(), dev, host,
                                     model.params() * 4, "forward", True, notes=["trains the tiny model (FP32, AdamW)"]))
     elif source == "random":
-        # Initialised in FP32 (Qwen2ForCausalLM(config)), cast and saved in the model dtype; random
-        # number generation costs ~10 bytes of memory traffic per FP32 weight.
+        # Initialised directly in the model dtype (core.random_model); save_pretrained serialises one
+        # tensor at a time, the largest (the embedding) as an extra copy. Random number generation
+        # costs ~10 bytes of memory traffic per FP32 weight.
         params = model.params()
-        host = base + params * 4 + params * model.dtype_bytes
+        host = base + weights + model.vocab * model.hidden * model.dtype_bytes
         phases.append(PhaseEstimate("language_model", 1, 0.0, params * 4 * 10, host, host, weights, "forward", False,
                                     notes=["random init from a seed, no training; CPU only"]))
     else:
@@ -171,12 +174,16 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
     batches = -(-(prompt_texts + section.corpus_sequences) // section.batch_size)
     written = vectors * width * act_bytes * len(layers)
     buffers = (len(layers) + 1) * min(section.shard_max_vectors, vectors) * width * act_bytes
-    dev, host = resident(weights + model.forward_activation_bytes(section.batch_size * section.corpus_seq_len,
-                                                                  section.corpus_seq_len, False), buffers)
+    # The pass stops at the deepest captured layer and needs no logits: on the CPU (weights memory-
+    # mapped from safetensors) only those layers' pages are ever read; a GPU holds the whole model.
+    touched = weights if device.is_gpu else (max(layers) + 1) * model.layer_params() * model.dtype_bytes
+    dev, host = resident(touched + model.forward_activation_bytes(section.batch_size * section.corpus_seq_len,
+                                                                  section.corpus_seq_len, False, logits=False), buffers)
     phases.append(PhaseEstimate(
         "activations", 1, model.forward_flops(tokens, section.corpus_seq_len, max(layers), logits=False),
         model.forward_bytes(batches, tokens, max(layers)) + written, dev, host, written,
-        notes=[f"{vectors:,} vectors × {width} per layer, {len(layers)} layers in one pass"]))
+        notes=[f"{vectors:,} vectors × {width} per layer, {len(layers)} layers in one pass (corpus documents "
+               f"assumed {section.corpus_seq_len} tokens long: shorter ones write less)"]))
 
     # ---- saes: one array task per layer (streamed: per group of layers)
     groups = config.sae.layer_groups(layers)
@@ -189,14 +196,23 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
     eval_vectors = group * config.sae.eval_vectors * width * 4
     if config.sae.data_source == "stream":
         flops += steps * model.forward_flops(sae.batch, section.corpus_seq_len, max(layers), logits=False)
-    dev, host = resident(group * sae.training_bytes() + weights +
-                         model.forward_activation_bytes(section.batch_size * section.corpus_seq_len,
-                                                        section.corpus_seq_len, False), shuffle + eval_vectors)
-    checkpoint = 12.0 * sae.params()  # weights + Adam moments, while training
+    # Training (weights, gradients, Adam) and the CE-recovered evaluation (the model + the trained
+    # SAE) come one after the other: the peak is the larger, not the sum (measured in the rehearsal).
+    training_peak = group * sae.training_bytes() + shuffle + eval_vectors
+    evaluation_peak = weights + group * sae.weight_bytes() + model.forward_activation_bytes(
+        config.baselines.batch_size * section.corpus_seq_len, section.corpus_seq_len, False)
+    if config.sae.data_source == "stream":
+        training_peak += weights
+    if device.is_gpu:
+        dev, host = max(training_peak - shuffle - eval_vectors, evaluation_peak), base + weights + shuffle + eval_vectors
+    else:
+        dev = host = base + max(training_peak, evaluation_peak)
+    checkpoint = 12.0 * sae.params()  # weights + Adam moments: written while training, deleted when published
     phases.append(PhaseEstimate(
-        "saes", len(groups), flops, moved, dev, host, len(layers) * (sae.weight_bytes() + checkpoint), "sae",
+        "saes", len(groups), flops, moved, dev, host, len(layers) * sae.weight_bytes(), "sae",
         notes=[f"{sae.d_in}→{sae.d_sae} ({sae.params() / 1e6:.0f}M params, {human_bytes(sae.weight_bytes())} FP32), "
-               f"{steps:,} steps × batch {sae.batch}; storage includes one resume checkpoint per layer"]))
+               f"{steps:,} steps × batch {sae.batch}; while a layer trains its resume checkpoint takes another "
+               f"{human_bytes(checkpoint)} (checkpoints tier)"]))
 
     # ---- attribution graphs: one job per behaviour, every key layer's SAE spliced in at once
     pairs = max(1, round(n * config.prompts.train_fraction))

@@ -87,8 +87,9 @@ def device_named(name: str) -> Device:
 
 ASSUMPTIONS = {
     "prompt_tokens": (24, "tokens per behaviour prompt (IOI sentences are 15–20 words)"),
-    "process_base_bytes": (1.0 * GB, "RSS of a worker before the model loads (python + torch + transformers: "
-                                     "0.24 GB measured for the imports; 1 GB leaves room for CUDA's context)"),
+    "process_base_bytes": (0.5 * GB, "RSS of a worker besides its tensors (measured ~0.5 GB in the rehearsal's "
+                                     "workers on this CPU)"),
+    "cuda_context_host_bytes": (0.5 * GB, "host memory the CUDA context and its libraries add on a GPU node"),
     "load_bandwidth": (1.0 * GB, "bytes/s reading weights from the shared filesystem"),
     "startup_seconds": (30.0, "python + torch import and CUDA initialisation per job"),
     "su_per_gpu_hour": (1.0, "CD3 service units per A100 GPU-hour: CD3 (CSD3 Ampere) accounts GPU jobs in "
@@ -152,10 +153,12 @@ class ModelShape:
         weights = layers * self.layer_params() * self.dtype_bytes + self.vocab * self.hidden * self.dtype_bytes
         return batches * weights + tokens * layers * (4 * self.hidden + 3 * self.intermediate) * self.dtype_bytes
 
-    def forward_activation_bytes(self, batch_tokens: float, context: float, with_grad: bool) -> float:
-        """Peak live activations of one batch: logits in FP32 over the full vocabulary, attention
-        scores of one layer, and with gradients every layer's saved tensors."""
-        logits = batch_tokens * self.vocab * 4
+    def forward_activation_bytes(self, batch_tokens: float, context: float, with_grad: bool,
+                                 logits: bool = True) -> float:
+        """Peak live activations of one batch: logits in FP32 over the full vocabulary (when the
+        pass reaches them), attention scores of one layer, and with gradients every layer's saved
+        tensors."""
+        logits = batch_tokens * self.vocab * 4 if logits else 0.0
         scores = batch_tokens * context * self.heads * 4
         per_layer = batch_tokens * (self.hidden * assumption("activation_factor") + 3 * self.intermediate) * self.dtype_bytes
         return logits + scores + (per_layer * self.layers if with_grad else 2 * per_layer)
