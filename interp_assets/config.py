@@ -413,6 +413,9 @@ class ExperimentConfig(_Section):
             name: getattr(self, name).model_dump(mode="json", exclude=_PARTITION_SELECTING_FIELDS.get(name))
             for name in sections
         }
+        if "model" in payload and payload["model"].get("random") is None:
+            # model.random came later: a study without it keeps the code versions it had.
+            payload["model"].pop("random", None)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         return digest[:16]
 
