@@ -3,6 +3,7 @@ and the seeds derived per behaviour. The only place a path is spelled; ``resourc
 these paths onto a root (a folder, an fsspec URL, or the tier that holds their top folder).
 
   models/tiny-<spec hash>/               the tiny model (config.json, model.safetensors, tokenizer)
+  models/random-<spec hash>/             a random-weight model of a real architecture (source: random)
   models/<model name>/card.json          a pretrained model's fingerprint
   prompts/<behaviour>.parquet            Phase 0
   baselines/<behaviour>.parquet (+.png)  Phase 1
@@ -33,6 +34,12 @@ ARTIFACT_FOLDERS = ("models", "prompts", "baselines", "activations", "saes", "at
 
 
 def tiny_model_relpath(config: ExperimentConfig) -> str:
+    """The folder of a model the project builds itself: the tiny one, or a random-weight one
+    (``source: random``; its dtype is part of the hash, since the weights are saved in it)."""
+    if config.model.source == "random":
+        payload = {**config.model.random.model_dump(mode="json"), "dtype": config.model.dtype}
+        spec = json.dumps(payload, sort_keys=True)
+        return f"models/random-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
     spec = json.dumps(config.model.tiny_spec.model_dump(mode="json"), sort_keys=True)
     return f"models/tiny-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
 

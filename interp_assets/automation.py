@@ -25,7 +25,8 @@ from interp_assets.provenance import git_commit
 
 # The circuit phases are relaunched by hand for now: a researcher decides when a new set of SAEs is
 # worth new graphs and intervention tables (automating them is the lab-instance issue's work).
-NOT_AUTOMATED = {"attribution_graphs", "interventions"}
+NOT_AUTOMATED = {"attribution_graphs", "interventions", "resource_plan"}
+"""resource_plan: a view of the config for planning, materialized when someone wants to read it."""
 
 
 def rematerialize_when_stale() -> dg.AutomationCondition:

@@ -102,9 +102,43 @@ class TinyModelSection(_Section):
         return TinyModelSpec(**self.model_dump())
 
 
+class RandomModelSection(_Section):
+    """A Qwen2 of any real architecture with random weights, built from a seed without training:
+    a rehearsal of a study's shapes (memory, time, bytes) on hardware that has no copy of the real
+    weights. Its behaviours are noise; its widths are the real ones."""
+
+    hidden_size: int = Field(ge=8, le=65_536)
+    intermediate_size: int = Field(ge=8, le=262_144)
+    num_layers: int = Field(ge=1, le=256)
+    num_heads: int = Field(ge=1, le=256)
+    num_kv_heads: int = Field(ge=1, le=256)
+    vocab_size: int = Field(ge=1024, le=1_048_576)
+    """Embedding rows. The tokenizer is the tiny model's byte-level BPE (``tokenizer_vocab_size``
+    ids); the rows above it are never looked up, as Qwen's own unused rows."""
+    tokenizer_vocab_size: int = Field(default=768, ge=300, le=65_536)
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = Field(default=32_768, ge=128, le=1_048_576)
+    rope_theta: float = Field(default=1_000_000.0, gt=0)
+    rms_norm_eps: float = Field(default=1e-6, gt=0, lt=1)
+    init_std: float = Field(default=0.02, gt=0, le=1)
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _shapes_agree(self) -> RandomModelSection:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} must be divisible by num_kv_heads {self.num_kv_heads}")
+        if self.tokenizer_vocab_size > self.vocab_size:
+            raise ValueError(f"tokenizer_vocab_size {self.tokenizer_vocab_size} exceeds vocab_size {self.vocab_size}")
+        return self
+
+
 class ModelSection(_Section):
-    source: Literal["tiny", "pretrained"]
-    """``tiny``: built and trained by the project; ``pretrained``: any HF causal LM on disk."""
+    source: Literal["tiny", "pretrained", "random"]
+    """``tiny``: built and trained by the project; ``pretrained``: any HF causal LM on disk;
+    ``random``: a Qwen2 of the ``random:`` section's architecture with seeded random weights
+    (no training), for rehearsing a study's shapes."""
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
     """Model id recorded in metadata and in a storage path: a hub id such as
     ``Qwen/Qwen2.5-3B-Instruct`` (letters, digits, ``._-``, at most one ``/``; no ``..`` path tricks)."""
@@ -116,13 +150,19 @@ class ModelSection(_Section):
     """dtype the model runs in (activations are stored in ``activations.dtype``)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tiny: TinyModelSection | None = None
+    random: RandomModelSection | None = None
 
     @model_validator(mode="after")
     def _source_fields(self) -> ModelSection:
-        if self.source == "tiny" and self.path is not None:
-            raise ValueError("path is only for source: pretrained (the tiny model is built into the storage root)")
-        if self.source == "pretrained" and self.tiny is not None:
+        if self.source in ("tiny", "random") and self.path is not None:
+            raise ValueError(f"path is only for source: pretrained (the {self.source} model is built into the storage root)")
+        if self.source != "tiny" and self.tiny is not None:
             raise ValueError("the tiny: section is only for source: tiny")
+        if self.source != "random" and self.random is not None:
+            raise ValueError("the random: section is only for source: random")
+        if self.source == "random" and self.random is None:
+            raise ValueError("source: random needs a random: section with the architecture (hidden_size, "
+                             "intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size)")
         if self.source == "pretrained" and not self.path:
             raise ValueError(
                 "source: pretrained needs path: the local directory of the model "
@@ -456,6 +496,9 @@ class ExperimentConfig(_Section):
             name: getattr(self, name).model_dump(mode="json", exclude=_PARTITION_SELECTING_FIELDS.get(name))
             for name in sections
         }
+        if "model" in payload and payload["model"].get("random") is None:
+            # model.random came later: a study without it keeps the code versions it had.
+            payload["model"].pop("random", None)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         return digest[:16]
 
@@ -514,6 +557,8 @@ def model_num_layers(config: ExperimentConfig) -> int:
     """Number of decoder layers of the configured model, read from its config (never hard-coded)."""
     if config.model.source == "tiny":
         return config.model.tiny_spec.num_layers
+    if config.model.source == "random":
+        return config.model.random.num_layers
     model_dir = Path(config.model.path or "")
     config_file = model_dir / "config.json"
     if not config_file.is_file():

@@ -1,4 +1,4 @@
-"""The code location loads, validates with Dagster's own CLI, and draws the seven assets with
+"""The code location loads, validates with Dagster's own CLI, and draws the study's assets with
 their partitions; an invalid config fails the load before anything can run."""
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ EXPECTED_GRAPH = {
     "saes": ("layer", {"activations", "language_model"}),
     "attribution_graphs": ("behaviour", {"saes", "prompts", "baselines", "language_model"}),
     "interventions": ("behaviour", {"attribution_graphs", "saes", "prompts", "language_model"}),
+    "resource_plan": (None, set()),
 }
 
 
-def test_seven_assets_with_partitions_and_dependencies() -> None:
+def test_the_study_s_assets_with_partitions_and_dependencies() -> None:
     defs = build_definitions(PROJECT_ROOT / "configs" / "tiny.yaml")
     graph = defs.resolve_asset_graph()
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == set(EXPECTED_GRAPH)
@@ -48,17 +49,19 @@ def test_code_versions_follow_the_sections_each_asset_reads(tmp_path: Path) -> N
         graph = build_definitions(write_config(tmp_path, updates)).resolve_asset_graph()
         return {key.to_user_string(): graph.get(key).code_version for key in graph.get_all_asset_keys()}
 
+    # resource_plan reads every section (each sizes some phase): it is re-planned by any edit.
     base = versions({})
     sae_edit = versions({"sae": {"l1_coefficient": 2.0}})
-    assert {name for name in base if base[name] != sae_edit[name]} == {"saes"}
+    assert {name for name in base if base[name] != sae_edit[name]} == {"saes", "resource_plan"}
     capture_edit = versions({"activations": {"last_n_tokens": 3}})
-    assert {name for name in base if base[name] != capture_edit[name]} == {"activations"}
+    assert {name for name in base if base[name] != capture_edit[name]} == {"activations", "resource_plan"}
     layers_edit = versions({"activations": {"layers": "1-5"}})
-    assert layers_edit == base  # a new layer is a new, missing partition; the others stay fresh
+    # a new layer is a new, missing partition; the others stay fresh (the plan has one more job)
+    assert {name for name in base if base[name] != layers_edit[name]} == {"resource_plan"}
     graph_edit = versions({"attribution": {"max_nodes_per_layer": 7}})
-    assert {name for name in base if base[name] != graph_edit[name]} == {"attribution_graphs"}
+    assert {name for name in base if base[name] != graph_edit[name]} == {"attribution_graphs", "resource_plan"}
     experiments_edit = versions({"interventions": {"resample_samples": 7}})
-    assert {name for name in base if base[name] != experiments_edit[name]} == {"interventions"}
+    assert {name for name in base if base[name] != experiments_edit[name]} == {"interventions", "resource_plan"}
 
 
 def test_editing_the_layer_list_adds_and_removes_layer_partitions(tmp_path: Path) -> None:

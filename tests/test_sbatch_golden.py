@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import PROJECT_ROOT
+
+from interp_assets.config import load_config
 from resources.slurm import SlurmCompute
 from resources.slurm.script import SshTarget, batch_script, over_ssh, sbatch_argv
 from resources.slurm.status import sacct_argv, squeue_argv
@@ -37,6 +40,10 @@ PROFILES = {
     # A resubmission of array task 2 only, on a cluster whose status comes from squeue (no accounting).
     "resubmit_no_accounting": (dict(status_source="squeue", partition="ampere", signal_seconds=300, **CLUSTER),
                                "saes", 4, "2"),
+    # time: auto / mem: auto: the tiny study's plan for one SAE array task on an A100-80GB × 1.5
+    # (interp_assets.plan); a change of the plan's arithmetic shows up here.
+    "auto_from_plan": (dict(partition="ampere", gres="gpu:1", time="auto", mem="auto", auto_device="a100-80gb",
+                            auto_safety_factor=1.5, **CLUSTER), "saes", 4, "0-3"),
 }
 
 
@@ -45,7 +52,8 @@ def render(profile: str) -> str:
     compute = SlurmCompute(**settings)
     compute.check_settings()
     run_dir = f"{compute.log_dir}/0f8e2c1a-run/{task}"
-    spec = compute.batch_spec(task, run_dir, [bootstrap(i) for i in range(n_tasks)], as_array=n_tasks > 1)
+    spec = compute.batch_spec(task, run_dir, [bootstrap(i) for i in range(n_tasks)], as_array=n_tasks > 1,
+                              config=load_config(PROJECT_ROOT / "configs" / "tiny.yaml"))
     status = squeue_argv(["4242"]) if compute.status_source == "squeue" else sacct_argv(["4242"], "2026-12-06T10:55:00")
     commands = [sbatch_argv(spec, array), status, ["scancel", "4242"]]
     if compute.ssh_host:

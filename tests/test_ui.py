@@ -76,13 +76,13 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.set_default_timeout(30_000)
 
-    # 1. The asset graph (Lineage) draws the seven assets as nodes (HTML in SVG foreignObject).
+    # 1. The asset graph (Lineage) draws the eight assets as nodes (HTML in SVG foreignObject).
     page.goto(f"{dev.url}/asset-groups")
     nodes = page.locator("svg foreignObject")
-    expect(nodes).to_have_count(7)
+    expect(nodes).to_have_count(8)
     drawn = {text.strip() for text in nodes.all_text_contents()}
     assert drawn == {"language_model", "prompts", "baselines", "activations", "saes", "attribution_graphs",
-                     "interventions"}, drawn
+                     "interventions", "resource_plan"}, drawn
     screenshot(page, "01-asset-graph")
 
     # 2. Open language_model and click Materialize, as a person does.

@@ -7,7 +7,8 @@ from interp_assets.assets import (
     interventions,
     language_model,
     prompts,
+    resource_plan,
     saes,
 )
 
-PHASES = (language_model, prompts, baselines, activations, saes, attribution, interventions)
+PHASES = (language_model, prompts, baselines, activations, saes, attribution, interventions, resource_plan)

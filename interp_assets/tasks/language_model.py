@@ -17,6 +17,8 @@ def task_language_model(ctx: TaskContext) -> TaskResult:
     config = ctx.config
     if config.model.source == "pretrained":
         return _fingerprint_pretrained(ctx)
+    if config.model.source == "random":
+        return _build_random(ctx)
     from interp_assets.core.tiny_model import build_tiny_model
 
     spec = config.model.tiny_spec.spec()
@@ -43,6 +45,36 @@ def task_language_model(ctx: TaskContext) -> TaskResult:
             "num_layers": spec.num_layers,
             "hidden_size": spec.hidden_size,
             "intermediate_size": spec.intermediate_size,
+        },
+        data_version=combined_version(files),
+    )
+
+
+def _build_random(ctx: TaskContext) -> TaskResult:
+    """A random-weight model of a real architecture (a rehearsal of the study's shapes): built once
+    per spec and dtype, deterministic from its seed."""
+    from interp_assets.core.random_model import RandomModelSpec, build_random_model
+
+    section = ctx.config.model.random
+    relpath = tiny_model_relpath(ctx.config)
+    if ctx.store.is_complete_dir(relpath):
+        ctx.log(f"random model {ctx.store.url(relpath)} already built for this spec: reusing it")
+    else:
+        with tempfile.TemporaryDirectory(prefix="random-model-") as tmp:
+            summary = build_random_model(RandomModelSpec(**section.model_dump()), tmp, ctx.config.model.dtype, log=ctx.log)
+            (Path(tmp) / "build_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+            ctx.store.put_dir(relpath, tmp)
+    local = ctx.store.local_dir(relpath)
+    files = {p.name: sha256_file(p) for p in sorted(local.iterdir()) if p.is_file() and p.name not in {"_COMPLETE"}}
+    files.pop("build_summary.json", None)
+    return TaskResult(
+        metadata={
+            "path": ctx.store.url(relpath),
+            "files": {"raw_value": files, "type": "json"},
+            "num_layers": section.num_layers,
+            "hidden_size": section.hidden_size,
+            "intermediate_size": section.intermediate_size,
+            "vocab_size": section.vocab_size,
         },
         data_version=combined_version(files),
     )

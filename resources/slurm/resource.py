@@ -36,10 +36,14 @@ from typing import Any, Literal
 
 import dagster as dg
 
+from interp_assets.config import ConfigError, ExperimentConfig, parse_config
+from interp_assets.core.resource_model import slurm_mem, slurm_time
 from resources.compute import PROJECT_ROOT, ComputeResource, WholeLineFileMessageReader
 from resources.slurm.follower import JOBS_FILE, Follower, Task
 from resources.slurm.script import BatchSpec, SshTarget, over_ssh
 from resources.slurm.settings import (
+    AUTO,
+    SIGNAL_MARGIN_SECONDS,
     TASK_NAME,
     SlurmConfigError,
     SlurmJobSettings,
@@ -62,9 +66,9 @@ class SlurmCompute(ComputeResource):
     cpus: int = 1
     """CPUs per task (--cpus-per-task); the worker's torch uses as many threads."""
     mem: str = "4G"
-    """Memory per node (--mem), e.g. ``16G``."""
+    """Memory per node (--mem), e.g. ``16G``; ``auto``: the resource plan's host peak for the task × auto_safety_factor, in whole GiB."""
     time: str = "1:00:00"
-    """Time limit (--time): M, M:S, H:M:S, D-H, D-H:M or D-H:M:S. SLURM rounds up to minutes."""
+    """Time limit (--time): M, M:S, H:M:S, D-H, D-H:M or D-H:M:S (SLURM rounds up to minutes); ``auto``: the plan's time for the task × auto_safety_factor, whole minutes."""
     array_parallelism: int = 0
     """At most this many array tasks at once (``--array=...%N``); 0: no limit."""
     array_tasks: list[str] = ["saes"]
@@ -72,6 +76,10 @@ class SlurmCompute(ComputeResource):
     (``activations``: one forward pass for all layers) stay one job for the whole range."""
     overrides: dict[str, SlurmJobSettings] = {}
     """Per worker task (``activations``, ``saes``, ...): job settings that differ."""
+    auto_safety_factor: float = 1.5
+    """``time: auto`` / ``mem: auto`` request the plan's figure (``python -m interp_assets.plan``) times this (≥ 1)."""
+    auto_device: str = "a100-80gb"
+    """The device the plan sizes ``auto`` jobs for: a100-40gb, a100-80gb, h100, h200 or cpu."""
     module_loads: list[str] = []
     """Environment modules to load first, e.g. ``["CUDA/12.1.1", "Python/3.11.3"]``."""
     venv: str = ""
@@ -128,6 +136,32 @@ class SlurmCompute(ComputeResource):
         """Check every setting that reaches sbatch or a shell; raise SlurmConfigError naming it."""
         check_settings(self.settings())
 
+    def resolved_job_settings(self, task: str, config: ExperimentConfig | None) -> dict[str, Any]:
+        """This task's job settings with ``auto`` replaced by the resource plan's figure for one
+        job of ``task`` on ``auto_device`` times ``auto_safety_factor`` (time in whole minutes, at
+        least signal_seconds + the USR1 margin; memory in whole GiB). Explicit values are kept."""
+        job = self.job_settings(task)
+        if AUTO not in (job["time"], job["mem"]):
+            return job
+        field = f"overrides.{task}" if (self.overrides.get(task) and AUTO in
+                                        (self.overrides[task].time, self.overrides[task].mem)) else ""
+        where = f"SlurmCompute.{field + '.' if field else ''}{'time' if job['time'] == AUTO else 'mem'}"
+        if config is None:
+            raise SlurmConfigError(f"{where}: auto needs the experiment config to plan from; none was given "
+                                   "(write an explicit value, or pass config=)")
+        from interp_assets.plan import PlanError, task_requirements
+
+        try:
+            seconds, host_bytes = task_requirements(config, task, self.auto_device)
+        except (PlanError, ConfigError) as error:
+            raise SlurmConfigError(f"{where}: auto cannot be planned: {error}") from None
+        if job["time"] == AUTO:
+            floor = self.signal_seconds + SIGNAL_MARGIN_SECONDS if self.signal_seconds else 60
+            job["time"] = slurm_time(seconds, self.auto_safety_factor, floor)
+        if job["mem"] == AUTO:
+            job["mem"] = slurm_mem(host_bytes, self.auto_safety_factor)
+        return job
+
     # ---- running ------------------------------------------------------------------------------
 
     def run(
@@ -159,7 +193,8 @@ class SlurmCompute(ComputeResource):
                     WholeLineFileMessageReader(str(run_dir / f"messages{suffix}.jsonl")),
                     extras={**extras, "partition_keys": t.partition_keys},
                 )))
-            spec = self.batch_spec(task, str(run_dir), [s.get_bootstrap_env_vars() for s in sessions], as_array)
+            spec = self.batch_spec(task, str(run_dir), [s.get_bootstrap_env_vars() for s in sessions], as_array,
+                                   config=_payload_config(extras))
             follower = Follower(self, context, spec, tasks)
             _atomic_write(run_dir / "job.sh", follower.script)
             try:
@@ -180,10 +215,12 @@ class SlurmCompute(ComputeResource):
             partition_metadata = follower.partition_metadata() if as_array else {}
         return _SlurmInvocation(sessions, metadata, partition_metadata)
 
-    def batch_spec(self, task: str, run_dir: str, bootstrap: Sequence[dict[str, str]], as_array: bool) -> BatchSpec:
-        """What a submission of ``task`` renders from (``script.batch_script`` / ``script.sbatch_argv``)."""
+    def batch_spec(self, task: str, run_dir: str, bootstrap: Sequence[dict[str, str]], as_array: bool,
+                   config: ExperimentConfig | None = None) -> BatchSpec:
+        """What a submission of ``task`` renders from (``script.batch_script`` / ``script.sbatch_argv``);
+        ``config`` (the run's experiment config) sizes ``time: auto`` / ``mem: auto``."""
         python = self.python or ("python" if (self.venv or self.conda_env) else sys.executable)
-        return BatchSpec(task=task, job=self.job_settings(task), run_dir=run_dir, workdir=self.workdir, python=python,
+        return BatchSpec(task=task, job=self.resolved_job_settings(task, config), run_dir=run_dir, workdir=self.workdir, python=python,
                          signal_seconds=self.signal_seconds, module_loads=tuple(self.module_loads), venv=self.venv,
                          conda_env=self.conda_env, env=dict(self.env), bootstrap=list(bootstrap), as_array=as_array)
 
@@ -283,6 +320,12 @@ class _SlurmInvocation(dg.PipesClientCompletedInvocation):
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def _payload_config(extras: dict[str, Any]) -> ExperimentConfig | None:
+    """The run's experiment config, as the asset handed it to the worker (paths already resolved)."""
+    payload = extras.get("config")
+    return parse_config(payload, source=str(extras.get("config_source") or "<run payload>")) if payload else None
 
 
 def _merge_metadata(items: list[dict[str, Any]]) -> dict[str, Any]:

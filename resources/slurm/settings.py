@@ -10,6 +10,7 @@ from typing import Any
 
 import dagster as dg
 
+from interp_assets.core.resource_model import DEVICES
 from resources.compute import secret_names_in
 
 # Values SLURM accepts and a shell cannot misread. Partitions/accounts/QOS: SLURM names.
@@ -25,6 +26,8 @@ _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _COMMAND = re.compile(r"^[A-Za-z0-9_./+-]{1,4096}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1 and Unicode line breaks
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
+AUTO = "auto"
+"""``time: auto`` / ``mem: auto``: sized from the resource plan (interp_assets.plan) × auto_safety_factor."""
 
 SIGNAL_MARGIN_SECONDS = 90
 """A time limit must exceed signal_seconds by this much (see check_settings)."""
@@ -119,7 +122,17 @@ def check_settings(settings: Mapping[str, Any]) -> None:
         _check(TASK_NAME.match(task), "array_tasks", task, "worker task names, e.g. saes")
     signal_seconds = settings["signal_seconds"]
     _check(signal_seconds >= 0, "signal_seconds", signal_seconds, "a number of seconds ≥ 0")
-    shortest, task = min((time_limit_seconds(job_settings(settings, t)["time"]), t) for t in ["", *overrides])
+    factor = settings.get("auto_safety_factor", 1.5)
+    _check(isinstance(factor, (int, float)) and factor >= 1, "auto_safety_factor", factor,
+           "a number ≥ 1 (the plan's time and memory are multiplied by it; 1 means no margin)")
+    auto_device = settings.get("auto_device", "a100-80gb")
+    _check(auto_device in DEVICES, "auto_device", auto_device, f"one of {', '.join(DEVICES)}")
+    # An auto time is sized when a job is rendered, at least signal_seconds + the margin below.
+    explicit = [(time_limit_seconds(job_settings(settings, t)["time"]), t) for t in ["", *overrides]
+                if job_settings(settings, t)["time"] != AUTO]
+    if not explicit:
+        explicit = [(SIGNAL_MARGIN_SECONDS + signal_seconds, "")]
+    shortest, task = min(explicit)
     limit_field = f"SlurmCompute.overrides.{task}.time" if task else "SlurmCompute.time"
     if signal_seconds and shortest < signal_seconds + SIGNAL_MARGIN_SECONDS:
         # SLURM checks limits every 30 s, the first check at any moment of the job's first 30 s,
@@ -157,18 +170,19 @@ def _check_job(job: dict[str, Any], prefix: str) -> None:
         "qos": (lambda v: not v or _NAME.match(v), "a QOS name, e.g. normal"),
         "gres": (lambda v: not v or _GRES.match(v), "name[:type]:count, e.g. gpu:1 or gpu:a100:1"),
         "cpus": (lambda v: isinstance(v, int) and 1 <= v <= 4096, "1 to 4096"),
-        "mem": (lambda v: isinstance(v, str) and _MEM.match(v), "a size with an optional unit K, M, G or T, e.g. 16G"),
+        "mem": (lambda v: isinstance(v, str) and (v == AUTO or _MEM.match(v)),
+                "a size with an optional unit K, M, G or T, e.g. 16G, or auto (from the resource plan)"),
         "array_parallelism": (lambda v: isinstance(v, int) and 0 <= v <= 10000, "0 (no limit) to 10000"),
     }
     for name, (ok, expected) in rules.items():
         if name in job:
             _check(ok(job[name]), f"{prefix}{name}", job[name], expected)
-    if "time" in job:
+    if "time" in job and job["time"] != AUTO:
         try:
             seconds = time_limit_seconds(job["time"])
         except (TypeError, ValueError):
             raise SlurmConfigError(
-                f"SlurmCompute.{prefix}time: {job['time']!r} is not a SLURM time limit; use M, H:M:S or D-H:M:S, e.g. 2:00:00"
+                f"SlurmCompute.{prefix}time: {job['time']!r} is not a SLURM time limit; use M, H:M:S or D-H:M:S, e.g. 2:00:00, or auto (from the resource plan)"
             ) from None
         _check(seconds >= 60, f"{prefix}time", job["time"], "at least one minute (SLURM limits are whole minutes)")
 
