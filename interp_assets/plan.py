@@ -168,39 +168,45 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
     section = config.activations
     width = model.intermediate if section.hook_point == "mlp_post" else model.hidden
     prompt_texts = behaviours * 2 * n
-    corpus_tokens = section.corpus_sequences * section.corpus_seq_len
+    corpus = config.corpus
+    seq_len = corpus.seq_len
+    corpus_windows = corpus.max_tokens // seq_len  # concatenated; document windows hold fewer tokens
+    corpus_tokens = corpus_windows * seq_len
     tokens = prompt_texts * prompt_tokens + corpus_tokens
-    vectors = prompt_texts * section.last_n_tokens + corpus_tokens
-    batches = -(-(prompt_texts + section.corpus_sequences) // section.batch_size)
+    vectors = prompt_texts * section.last_n_tokens + corpus_windows * (seq_len - corpus.exclude_first_positions)
+    batches = -(-(prompt_texts + corpus_windows) // section.batch_size)
     written = vectors * width * act_bytes * len(layers)
     buffers = (len(layers) + 1) * min(section.shard_max_vectors, vectors) * width * act_bytes
     # The pass stops at the deepest captured layer and needs no logits: on the CPU (weights memory-
     # mapped from safetensors) only those layers' pages are ever read; a GPU holds the whole model.
     touched = weights if device.is_gpu else (max(layers) + 1) * model.layer_params() * model.dtype_bytes
-    dev, host = resident(touched + model.forward_activation_bytes(section.batch_size * section.corpus_seq_len,
-                                                                  section.corpus_seq_len, False, logits=False), buffers)
+    dev, host = resident(touched + model.forward_activation_bytes(section.batch_size * seq_len,
+                                                                  seq_len, False, logits=False), buffers)
     phases.append(PhaseEstimate(
-        "activations", 1, model.forward_flops(tokens, section.corpus_seq_len, max(layers), logits=False),
+        "activations", 1, model.forward_flops(tokens, seq_len, max(layers), logits=False),
         model.forward_bytes(batches, tokens, max(layers)) + written, dev, host, written,
         notes=[f"{vectors:,} vectors × {width} per layer, {len(layers)} layers in one pass (corpus documents "
-               f"assumed {section.corpus_seq_len} tokens long: shorter ones write less)"]))
+               f"assumed {seq_len} tokens long: shorter ones write less)"]))
 
     # ---- saes: one array task per layer (streamed: per group of layers)
     groups = config.sae.layer_groups(layers)
     group = max(len(g) for g in groups)
     steps = config.sae.steps
-    ce_tokens = config.sae.ce_eval_texts * section.corpus_seq_len
-    flops = group * (steps * sae.step_flops() + 3 * model.forward_flops(ce_tokens, section.corpus_seq_len))
+    # Held-out judging: a mean pass, then clean, SAE, random SAE, zero- and mean-ablated forwards
+    # over corpus.eval_tokens, both SAEs encoding every held-out token.
+    ce_tokens = corpus.eval_tokens
+    flops = group * (steps * sae.step_flops() + 6 * model.forward_flops(ce_tokens, seq_len)
+                     + 2 * 4 * ce_tokens * sae.d_in * sae.d_sae)
     moved = group * steps * sae.step_bytes()
     shuffle = group * min(config.sae.shuffle_buffer_vectors, vectors) * width * act_bytes
     eval_vectors = group * config.sae.eval_vectors * width * 4
     if config.sae.data_source == "stream":
-        flops += steps * model.forward_flops(sae.batch, section.corpus_seq_len, max(layers), logits=False)
+        flops += steps * model.forward_flops(sae.batch, seq_len, max(layers), logits=False)
     # Training (weights, gradients, Adam) and the CE-recovered evaluation (the model + the trained
     # SAE) come one after the other: the peak is the larger, not the sum (measured in the rehearsal).
     training_peak = group * sae.training_bytes() + shuffle + eval_vectors
     evaluation_peak = weights + group * sae.weight_bytes() + model.forward_activation_bytes(
-        config.baselines.batch_size * section.corpus_seq_len, section.corpus_seq_len, False)
+        config.baselines.batch_size * seq_len, seq_len, False)
     if config.sae.data_source == "stream":
         training_peak += weights
     if device.is_gpu:

@@ -23,8 +23,8 @@ REHEARSAL = PROJECT_ROOT / "configs" / "rehearsal-qwen2.5-3b.yaml"
 CI_SIZE = {
     "model": {"random": {"num_layers": 2, "vocab_size": 1024}},
     "prompts": {"n_per_behaviour": 4},
-    "activations": {"layers": "0-1", "corpus_sequences": 4, "corpus_seq_len": 12, "batch_size": 4,
-                    "shard_max_vectors": 64},
+    "activations": {"layers": "0-1", "batch_size": 4, "shard_max_vectors": 64},
+    "corpus": {"seq_len": 12, "max_tokens": 48, "eval_tokens": 24},
     "attribution": {"key_layers": [0, 1]},
 }
 
