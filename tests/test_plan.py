@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import DATA, PROJECT_ROOT, TINY_CONFIG, write_config
+from helpers import DATA, PROJECT_ROOT, TINY_CONFIG, save_text_dataset, write_config
 
 from interp_assets.config import load_config
 from interp_assets.core.resource_model import DEVICES, GIB, ModelShape, SaeShape
@@ -29,6 +29,10 @@ def _qwen_config(tmp_path: Path, preset: str = "qwen2.5-3b.yaml") -> Path:
     shutil.copy(DATA / "qwen2.5-3b-instruct.config.json", model_dir / "config.json")
     data = yaml.safe_load((PROJECT_ROOT / "configs" / preset).read_text())
     data["model"]["path"] = str(model_dir)
+    corpus = tmp_path / "corpus"
+    if not corpus.exists():
+        save_text_dataset(corpus, ["Some real text.", "More of it."])
+    data["corpus"]["path"] = str(corpus)
     path = tmp_path / preset
     path.write_text(yaml.safe_dump(data))
     return path
@@ -63,14 +67,16 @@ def test_the_plan_scales_with_the_shapes() -> None:
 
 @pytest.mark.parametrize("device", sorted(DEVICES))
 def test_every_phase_is_planned_on_every_device(tmp_path: Path, device: str) -> None:
-    plan = plan_for(load_config(_qwen_config(tmp_path)), device)
+    config = load_config(_qwen_config(tmp_path))
+    plan = plan_for(config, device)
     assert [p.phase for p in plan.phases] == list(PHASES)
     for phase in plan.phases:
         assert phase.seconds > 0 and phase.host_peak_bytes > 0, phase
     saes = plan.phase("saes")
-    assert saes.jobs == 15  # one array task per layer of 10-24
-    # weights + gradients + Adam of one 11008 → 44032 SAE, on the device
-    assert saes.device_peak_bytes > 15.5e9
+    # streamed, sae.stream_layers_per_task (3) layers of 10-24 per array task
+    assert saes.jobs == len(config.sae.layer_groups(list(config.activations.layers))) == 5
+    # weights + gradients + Adam of three 11008 → 44032 SAEs, on the device
+    assert saes.device_peak_bytes > 3 * 15.5e9
     text = markdown(plan)
     assert "ASSUMED" in text and "220 GPU-hours" in text or device == "cpu"
     if device == "cpu":
@@ -91,7 +97,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_command_prints_a_table_for_a_shipped_qwen_config(tmp_path: Path) -> None:
     done = _cli(str(_qwen_config(tmp_path)), "--device", "a100-80gb")
     assert done.returncode == 0, done.stderr
-    assert "| saes | 15 |" in done.stdout and "GPU-hours" in done.stdout and "service units" in done.stdout
+    assert "| saes | 5 |" in done.stdout and "GPU-hours" in done.stdout and "service units" in done.stdout
 
 
 def test_an_unknown_device_lists_the_known_ones() -> None:
