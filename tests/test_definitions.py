@@ -1,4 +1,4 @@
-"""The code location loads, validates with Dagster's own CLI, and draws the seven assets with
+"""The code location loads, validates with Dagster's own CLI, and draws the eight assets with
 their partitions; an invalid config fails the load before anything can run."""
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ EXPECTED_GRAPH = {
     "baselines": ("behaviour", {"language_model", "prompts"}),
     "activations": ("layer", {"language_model", "prompts"}),
     "saes": ("layer", {"activations", "language_model"}),
+    "feature_dashboards": ("layer", {"saes", "language_model"}),
     "attribution_graphs": ("behaviour", {"saes", "prompts", "baselines", "language_model"}),
     "interventions": ("behaviour", {"attribution_graphs", "saes", "prompts", "language_model"}),
 }
 
 
-def test_seven_assets_with_partitions_and_dependencies() -> None:
+def test_eight_assets_with_partitions_and_dependencies() -> None:
     defs = build_definitions(PROJECT_ROOT / "configs" / "tiny.yaml")
     graph = defs.resolve_asset_graph()
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == set(EXPECTED_GRAPH)
@@ -40,7 +41,10 @@ def test_seven_assets_with_partitions_and_dependencies() -> None:
     activations = graph.get(dg.AssetKey("activations"))
     assert activations.backfill_policy == dg.BackfillPolicy.single_run()
     checks = {key.name for key in graph.asset_check_keys}
-    assert {"accuracy_above_chance", "corruption_flips_preference"} <= checks
+    assert {"accuracy_above_chance", "corruption_flips_preference", "top_contexts_consistent"} <= checks
+    dashboards = graph.get(dg.AssetKey("feature_dashboards"))
+    assert dashboards.backfill_policy == dg.BackfillPolicy.single_run()  # a layer range is one run
+    assert dashboards.automation_condition is not None  # relaunched like the SAEs when stale
 
 
 def test_code_versions_follow_the_sections_each_asset_reads(tmp_path: Path) -> None:
@@ -52,7 +56,10 @@ def test_code_versions_follow_the_sections_each_asset_reads(tmp_path: Path) -> N
     sae_edit = versions({"sae": {"l1_coefficient": 2.0}})
     assert {name for name in base if base[name] != sae_edit[name]} == {"saes"}
     capture_edit = versions({"activations": {"last_n_tokens": 3}})
-    assert {name for name in base if base[name] != capture_edit[name]} == {"activations"}
+    # The dashboards read the corpus and hook point from the activations section.
+    assert {name for name in base if base[name] != capture_edit[name]} == {"activations", "feature_dashboards"}
+    dashboards_edit = versions({"dashboards": {"top_k": 7}})
+    assert {name for name in base if base[name] != dashboards_edit[name]} == {"feature_dashboards"}
     layers_edit = versions({"activations": {"layers": "1-5"}})
     assert layers_edit == base  # a new layer is a new, missing partition; the others stay fresh
     graph_edit = versions({"attribution": {"max_nodes_per_layer": 7}})

@@ -4,10 +4,11 @@ from interp_assets.assets import (
     activations,
     attribution,
     baselines,
+    feature_dashboards,
     interventions,
     language_model,
     prompts,
     saes,
 )
 
-PHASES = (language_model, prompts, baselines, activations, saes, attribution, interventions)
+PHASES = (language_model, prompts, baselines, activations, saes, feature_dashboards, attribution, interventions)
