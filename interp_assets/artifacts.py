@@ -10,6 +10,8 @@ these paths onto a root (a folder, an fsspec URL, or the tier that holds their t
   activations/<hook>/layer_<L>/          Phase 2: <source>-<i>.safetensors shards + manifest.json
   saes/<hook>/layer_<L>/                 Phase 3: cfg.json + sae_weights.safetensors (SAELens) +
                                          training.json + training_curve.png
+  dashboards/<hook>/layer_<L>/           Phase 3b: latents.parquet, contexts.parquet, features.json
+                                         (SAEDashboard / Neuronpedia batch format), summary.json
   attribution/<hook>/<behaviour>/        Phase 4: nodes.parquet, edges.parquet, graph.json (circuit-
                                          tracer / Neuronpedia schema), graph.png, summary.json
   interventions/<hook>/<behaviour>/      Phase 5: experiments.parquet, faithfulness.parquet (+.png)
@@ -28,8 +30,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from interp_assets.config import ExperimentConfig
 
-ARTIFACT_FOLDERS = ("models", "prompts", "baselines", "activations", "saes", "attribution", "interventions",
-                    "checkpoints")
+ARTIFACT_FOLDERS = ("models", "prompts", "baselines", "activations", "saes", "dashboards", "attribution",
+                    "interventions", "checkpoints")
 """The top-level folders of the layout: what a storage tier (``storage.tiers``) can hold."""
 
 
@@ -73,6 +75,10 @@ def saes_relpath(config: ExperimentConfig, layer: int) -> str:
 def sae_checkpoint_relpath(config: ExperimentConfig, layer: int) -> str:
     # Outside the SAE folder, which is replaced as a whole when training finishes.
     return f"checkpoints/saes/{config.activations.hook_point}/layer_{layer:03d}/checkpoint.pt"
+
+
+def dashboards_relpath(config: ExperimentConfig, layer: int) -> str:
+    return f"dashboards/{config.activations.hook_point}/layer_{layer:03d}"
 
 
 def attribution_relpath(config: ExperimentConfig, behaviour: str) -> str:

@@ -410,6 +410,26 @@ class InterventionsSection(_Section):
     checkpoint_every: int = Field(default=10, ge=1)
 
 
+class DashboardsSection(_Section):
+    """Feature dashboards (the ``feature_dashboards`` asset, one per SAE layer)."""
+
+    n_texts: int = Field(default=256, ge=1, le=10_000_000)
+    """Evaluation text: at most this many of the corpus's held-out windows (documents no SAE
+    trained on; all of corpus.eval_tokens when it holds fewer)."""
+    top_k: int = Field(default=20, ge=1, le=1000)
+    """Top activating contexts kept per latent (memory: d_sae × top_k × context tokens)."""
+    context_before: int = Field(default=12, ge=0, le=4096)
+    """Tokens shown before a context's max-activating token."""
+    context_after: int = Field(default=4, ge=0, le=4096)
+    """Tokens shown after it."""
+    n_logit_tokens: int = Field(default=10, ge=1, le=1000)
+    """Output tokens listed as promoted and as suppressed per latent."""
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    """Windows per forward pass (memory: batch × seq_len × d_sae floats of SAE activations)."""
+    features_in_ui: int = Field(default=10, ge=1, le=1000)
+    """Features of each layer shown with their contexts in the asset's metadata."""
+
+
 class AutomationSection(_Section):
     enabled: bool = True
     """Start the rematerialize_stale sensor with `dagster dev` (it can be toggled in the UI)."""
@@ -451,6 +471,7 @@ class ExperimentConfig(_Section):
     sae: SaeSection = SaeSection()
     attribution: AttributionSection = AttributionSection()
     interventions: InterventionsSection = InterventionsSection()
+    dashboards: DashboardsSection = DashboardsSection()
     automation: AutomationSection = AutomationSection()
     storage: StorageSection = StorageSection()
 

@@ -3,7 +3,8 @@
 ``python -m interp_assets.main`` (README command 1 runs it with DAGSTER_HOME=dagster_home), so
 every run lands in the embedded SQLite instance that ``dagster dev`` then shows. Order: the
 language model, then per behaviour its prompts and baselines (with their checks), then ALL layer
-partitions of activations as one run (one forward pass per batch), then the later phases.
+partitions of activations as one run (one forward pass per batch), then the SAEs and their
+feature dashboards (each a layer range in one run), then the circuit phases.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def materialize_study(config_path: str | None, instance: dg.DagsterInstance) -> 
     if config.sae.data_source == "cached":  # stream: the SAE worker runs the model itself, nothing is stored
         run(["activations"], f"activations [layers {first}..{last}, one run]", tags=range_tags)
     run(["saes"], f"saes [layers {first}..{last}, one run]", tags=range_tags)
+    run(["feature_dashboards"], f"feature_dashboards [layers {first}..{last}, one run]", tags=range_tags)
     for behaviour in config.prompts.behaviours:
         run(["attribution_graphs", "interventions"], f"attribution + interventions [{behaviour}]", partition_key=behaviour)
     return failures

@@ -180,7 +180,7 @@ def _text_study(tmp_path: Path, corpus_file: Path, **corpus: object) -> Path:
                         name=f"c{len(list(tmp_path.glob('c*.yaml')))}.yaml")
 
 
-def test_the_corpus_bytes_decide_the_staleness_of_exactly_activations_and_saes(tmp_path: Path) -> None:
+def test_the_corpus_bytes_decide_the_staleness_of_exactly_the_assets_that_read_it(tmp_path: Path) -> None:
     corpus_file = tmp_path / "corpus.txt"
     corpus_file.write_text("\n".join(_documents()) + "\n")
 
@@ -192,7 +192,9 @@ def test_the_corpus_bytes_decide_the_staleness_of_exactly_activations_and_saes(t
     assert versions() == before  # reading it again changes nothing
     corpus_file.write_text(corpus_file.read_text().replace("doc7 ", "doc7 cat ", 1))
     after = versions()
-    assert {name for name in before if before[name] != after[name]} == {"activations", "saes"}
+    # The readers of the corpus: capture, the SAEs (judged on its held-out windows) and the
+    # dashboards (drawn from those windows); nothing upstream, nothing that reads prompts.
+    assert {name for name in before if before[name] != after[name]} == {"activations", "saes", "feature_dashboards"}
     # Streamed SAEs read the corpus themselves: still exactly those two.
     stream = build_definitions(write_config(tmp_path, {"sae": {"data_source": "stream"}, "corpus": {
         "source": "text", "path": str(corpus_file), "text_documents": "line", "seq_len": 16, "max_tokens": 512,

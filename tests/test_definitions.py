@@ -21,6 +21,7 @@ EXPECTED_GRAPH = {
     "baselines": ("behaviour", {"language_model", "prompts"}),
     "activations": ("layer", {"language_model", "prompts"}),
     "saes": ("layer", {"activations", "language_model"}),
+    "feature_dashboards": ("layer", {"saes", "language_model"}),
     "attribution_graphs": ("behaviour", {"saes", "prompts", "baselines", "language_model"}),
     "interventions": ("behaviour", {"attribution_graphs", "saes", "prompts", "language_model"}),
     "resource_plan": (None, set()),
@@ -41,7 +42,10 @@ def test_the_study_s_assets_with_partitions_and_dependencies() -> None:
     activations = graph.get(dg.AssetKey("activations"))
     assert activations.backfill_policy == dg.BackfillPolicy.single_run()
     checks = {key.name for key in graph.asset_check_keys}
-    assert {"accuracy_above_chance", "corruption_flips_preference"} <= checks
+    assert {"accuracy_above_chance", "corruption_flips_preference", "top_contexts_consistent"} <= checks
+    dashboards = graph.get(dg.AssetKey("feature_dashboards"))
+    assert dashboards.backfill_policy == dg.BackfillPolicy.single_run()  # a layer range is one run
+    assert dashboards.automation_condition is not None  # relaunched like the SAEs when stale
 
 
 def test_code_versions_follow_the_sections_each_asset_reads(tmp_path: Path) -> None:
@@ -54,7 +58,11 @@ def test_code_versions_follow_the_sections_each_asset_reads(tmp_path: Path) -> N
     sae_edit = versions({"sae": {"l1_coefficient": 2.0}})
     assert {name for name in base if base[name] != sae_edit[name]} == {"saes", "resource_plan"}
     capture_edit = versions({"activations": {"last_n_tokens": 3}})
-    assert {name for name in base if base[name] != capture_edit[name]} == {"activations", "resource_plan"}
+    # The dashboards read the corpus and hook point from the activations section.
+    assert {name for name in base if base[name] != capture_edit[name]} == {"activations", "resource_plan",
+                                                                            "feature_dashboards"}
+    dashboards_edit = versions({"dashboards": {"top_k": 7}})
+    assert {name for name in base if base[name] != dashboards_edit[name]} == {"feature_dashboards"}
     layers_edit = versions({"activations": {"layers": "1-5"}})
     # a new layer is a new, missing partition; the others stay fresh (the plan has one more job)
     assert {name for name in base if base[name] != layers_edit[name]} == {"resource_plan"}

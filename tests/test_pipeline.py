@@ -208,6 +208,43 @@ def test_rematerializing_gives_the_same_bytes_and_data_versions(study: Study) ->
     assert after == {k: before[k] for k in ("2", "3")}
 
 
+def _dashboards(study: Study) -> dg.ExecuteInProcessResult:
+    """The feature dashboards of every layer, one run, materialized once per module."""
+    if "feature_dashboards" not in study.results:
+        study.results["feature_dashboards"] = study.materialize(["feature_dashboards"], tags=_range(study.config))
+    return study.results["feature_dashboards"]
+
+
+def test_feature_dashboards_for_all_layers_in_one_run(study: Study) -> None:
+    from interp_assets.artifacts import dashboards_relpath
+    from interp_assets.core.dashboards import NEURONPEDIA_FEATURE_FIELDS, feature_label
+
+    result = _dashboards(study)
+    assert result.success
+    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == {"top_contexts_consistent": True}
+    runs = study.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/asset_partition_range_end": "4"}))
+    assert len([r for r in runs if r.step_keys_to_execute == ["feature_dashboards"]]) == 1
+    section = study.config.dashboards
+    for key in study.config.layer_keys:
+        md = study.latest("feature_dashboards", key).metadata
+        assert md["inconsistent_contexts"].value == 0
+        assert md["n_windows"].value == section.n_texts and md["n_tokens"].value > section.n_texts
+        table = md["features"].value.splitlines()
+        assert table[0].startswith("| latent | label |") and len(table) == 2 + section.features_in_ui
+        assert "**[" in table[2]  # the max-activating token is marked
+        relpath = dashboards_relpath(study.config, int(key))
+        latents = study.store.read_parquet(f"{relpath}/latents.parquet")
+        contexts = study.store.read_parquet(f"{relpath}/contexts.parquet")
+        d_sae = 4 * study.config.model.tiny_spec.intermediate_size
+        assert latents.height == d_sae == md["d_sae"].value
+        assert contexts.group_by("latent").len()["len"].max() == section.top_k
+        document = study.store.read_json(f"{relpath}/features.json")
+        assert (document["layer"], len(document["features"])) == (int(key), d_sae)
+        assert all(set(feature) == set(NEURONPEDIA_FEATURE_FIELDS) for feature in document["features"])
+        busiest = latents.sort("n_firing", descending=True).row(0, named=True)
+        assert busiest["label"] == feature_label(busiest) != "dead"
+
+
 def _circuits(study: Study, behaviour: str) -> dg.ExecuteInProcessResult:
     """Phases 4 and 5 for one behaviour, materialized once per module."""
     key = f"circuits/{behaviour}"
@@ -538,12 +575,14 @@ def test_every_partition_keeps_the_data_version_recorded_on_main(study: Study) -
 
     for behaviour in study.config.prompts.behaviours:
         assert _circuits(study, behaviour).success
+    assert _dashboards(study).success
     partitions = {
         "language_model": [None],
         "prompts": list(study.config.prompts.behaviours),
         "baselines": list(study.config.prompts.behaviours),
         "activations": list(study.config.layer_keys),
         "saes": list(study.config.layer_keys),
+        "feature_dashboards": list(study.config.layer_keys),
         "attribution_graphs": list(study.config.prompts.behaviours),
         "interventions": list(study.config.prompts.behaviours),
     }

@@ -81,8 +81,8 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     nodes = page.locator("svg foreignObject")
     expect(nodes).to_have_count(8)
     drawn = {text.strip() for text in nodes.all_text_contents()}
-    assert drawn == {"language_model", "prompts", "baselines", "activations", "saes", "attribution_graphs",
-                     "interventions", "resource_plan"}, drawn
+    assert drawn == {"language_model", "prompts", "baselines", "activations", "saes", "feature_dashboards",
+                     "attribution_graphs", "interventions", "resource_plan"}, drawn
     screenshot(page, "01-asset-graph")
 
     # 2. Open language_model and click Materialize, as a person does.
@@ -153,8 +153,11 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     new = [r for r in runs(dev) if r["runId"] not in before_edit]
     assert new, f"the sensor launched nothing\n{dev.log_tail()}"
     assert all(r["status"] == "SUCCESS" for r in new), new
-    assert {tuple(a["path"]) for r in new for a in r["assetSelection"] or []} == {("saes",)}, new
-    assert len(new) == 1, f"stale layers relaunch as one single-run backfill: {new}"
+    # Besides the SAEs only their dashboards (downstream of them, automated too) may follow.
+    relaunched = [r for r in new if ["saes"] in [a["path"] for a in r["assetSelection"] or []]]
+    assert {tuple(a["path"]) for r in relaunched for a in r["assetSelection"] or []} == {("saes",)}, new
+    assert {tuple(a["path"]) for r in new for a in r["assetSelection"] or []} <= {("saes",), ("feature_dashboards",)}, new
+    assert len(relaunched) == 1, f"stale layers relaunch as one single-run backfill: {new}"
     assert set(_stale(dev, "saes", LAYERS)["staleStatusByPartition"]) == {"FRESH"}
     page.goto(f"{dev.url}/assets/saes?view=partitions&partition={LAYERS[0]}")
     expect(page.get_by_text("Latest materialization").first).to_be_visible(timeout=60_000)

@@ -4,6 +4,7 @@ from interp_assets.assets import (
     activations,
     attribution,
     baselines,
+    feature_dashboards,
     interventions,
     language_model,
     prompts,
@@ -11,4 +12,5 @@ from interp_assets.assets import (
     saes,
 )
 
-PHASES = (language_model, prompts, baselines, activations, saes, attribution, interventions, resource_plan)
+PHASES = (language_model, prompts, baselines, activations, saes, feature_dashboards, attribution, interventions,
+          resource_plan)

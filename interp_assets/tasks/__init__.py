@@ -14,6 +14,7 @@ from interp_assets.tasks.activations import task_activations
 from interp_assets.tasks.attribution_graphs import task_attribution_graphs
 from interp_assets.tasks.baselines import task_baselines
 from interp_assets.tasks.common import TaskContext, TaskResult
+from interp_assets.tasks.feature_dashboards import task_feature_dashboards
 from interp_assets.tasks.interventions import task_interventions
 from interp_assets.tasks.language_model import task_language_model
 from interp_assets.tasks.saes import task_saes
@@ -23,6 +24,7 @@ TASKS: dict[str, Callable[[TaskContext], TaskResult]] = {
     "baselines": task_baselines,
     "activations": task_activations,
     "saes": task_saes,
+    "feature_dashboards": task_feature_dashboards,
     "attribution_graphs": task_attribution_graphs,
     "interventions": task_interventions,
 }

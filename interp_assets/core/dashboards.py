@@ -1,0 +1,371 @@
+"""Feature dashboards: what each SAE latent responds to and what it writes, in ONE streaming pass.
+
+For every latent of one layer's SAE, over a stream of evaluation token windows:
+  - its top-k activating contexts, each a window of tokens around the max-activating token with
+    that latent's activation on every token of the window;
+  - its activation density (fraction of real tokens where it fires, i.e. activation > 0), and
+    its mean (over firing tokens) and max activation;
+  - the output tokens its decoder direction promotes and suppresses: the direct logit effect
+    W_U · (γ ⊙ d), where d is ``W_dec[latent]`` carried into the residual stream (for ``mlp_post``
+    through ``down_proj``) and γ is the final norm's weight, the linear stand-in for the norm that
+    SAEDashboard and Neuronpedia use for their logit tables.
+
+Memory is O(d_sae × k × context), never O(tokens): the top-k state is a fixed set of tensors
+updated batch by batch (``TopContexts``), and the per-batch work is one [tokens, d_sae] matrix.
+Ties are broken by stream order (the earlier token wins), so a dashboard is a deterministic
+function of the windows: exactly the first k entries of a stable descending sort of all of the
+latent's activations (what ``tests/test_dashboards.py`` checks against brute force).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from interp_assets.core.hooks import forward_until_recorded, get_hook_point, hook_module, recording
+from interp_assets.core.sae import SparseAutoencoder
+
+# Where the final norm sits in the HF classes hooks.py supports (same order as its decoder paths).
+_FINAL_NORM_PATHS = ("model.norm", "model.language_model.norm", "language_model.model.norm")
+
+DENSITY_HISTOGRAM_EDGES = tuple(x / 2 for x in range(-20, 1))
+"""log10(density) bin edges of the per-layer histogram over latents: 1e-10 … 1 in half decades
+(a latent firing on every token has log10 density 0); dead latents are counted apart."""
+
+Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+"""Token ids [batch, seq] (every position real), or (token ids, attention mask) for padded windows:
+masked positions are neither counted nor eligible as contexts."""
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    top_k: int = 20
+    """Contexts kept per latent."""
+    context_before: int = 12
+    """Tokens shown before the max-activating token (fewer at the start of a window)."""
+    context_after: int = 4
+    """Tokens shown after it."""
+    n_logit_tokens: int = 10
+    """Promoted and suppressed output tokens per latent."""
+    logit_chunk: int = 1024
+    """Latents per matmul of the logit tables ([chunk, vocab] floats at a time)."""
+
+    @property
+    def context_width(self) -> int:
+        return self.context_before + 1 + self.context_after
+
+
+class TopContexts:
+    """The bounded streaming state: per latent the k best (activation, window, position) so far and
+    their contexts. Shapes are fixed at construction, whatever the number of tokens streamed:
+    ``values [d_sae, k]``, ``window``/``position [d_sae, k]``, ``context_tokens``/``context_acts
+    [d_sae, k, context_width]``. Empty slots hold value −inf, window −1; tokens outside the window
+    hold −1 with activation 0. Each latent's row is ordered by (value desc, stream order asc)."""
+
+    def __init__(self, d_sae: int, settings: DashboardSettings, device: torch.device | str = "cpu") -> None:
+        k, width = settings.top_k, settings.context_width
+        self.settings = settings
+        self.values = torch.full((d_sae, k), -math.inf, device=device)
+        self.window = torch.full((d_sae, k), -1, dtype=torch.long, device=device)
+        self.position = torch.full((d_sae, k), -1, dtype=torch.long, device=device)
+        self.context_tokens = torch.full((d_sae, k, width), -1, dtype=torch.long, device=device)
+        self.context_acts = torch.zeros((d_sae, k, width), device=device)
+        self.fire_count = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.activation_sum = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.n_tokens = 0
+        self.n_windows = 0
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(getattr(self, name).shape) for name in
+                ("values", "window", "position", "context_tokens", "context_acts", "fire_count", "activation_sum")}
+
+    @torch.no_grad()
+    def update(self, acts: torch.Tensor, token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Fold one batch in: ``acts [B, T, d_sae]`` (the SAE's activations), ``token_ids [B, T]``,
+        ``mask [B, T]`` (1 on real tokens; None: all real). Windows are numbered in stream order."""
+        B, T, d_sae = acts.shape
+        real = torch.ones((B, T), dtype=torch.bool, device=acts.device) if mask is None else mask.bool()
+        flat = acts.reshape(B * T, d_sae).masked_fill(~real.reshape(B * T, 1), 0.0)  # [N, d_sae]
+        firing = flat > 0
+        self.fire_count += firing.sum(dim=0)
+        self.activation_sum += flat.sum(dim=0, dtype=torch.float64)
+        self.n_tokens += int(real.sum())
+
+        values, index = _stable_top_k(flat, min(self.settings.top_k, B * T))  # [d_sae, kk], stream order on ties
+        values = values.masked_fill(values <= 0, -math.inf)  # only firing tokens are contexts
+        batch_row, position = index // T, index % T
+        valid = torch.isfinite(values)
+        tokens, context = self._contexts(acts, token_ids, real, batch_row, position)
+        tokens = tokens.masked_fill(~valid[:, :, None], -1)
+        context = context.masked_fill(~valid[:, :, None], 0.0)
+        window = torch.where(valid, batch_row + self.n_windows, -1)
+        position = torch.where(valid, position, -1)
+        self.n_windows += B
+
+        # State entries came earlier in the stream than any of this batch: a stable sort of
+        # [state, batch] keeps (value desc, stream order asc).
+        merged_values = torch.cat([self.values, values], dim=1)
+        order = torch.sort(merged_values, dim=1, descending=True, stable=True).indices[:, : self.settings.top_k]
+        self.values = merged_values.gather(1, order)
+        self.window = torch.cat([self.window, window], dim=1).gather(1, order)
+        self.position = torch.cat([self.position, position], dim=1).gather(1, order)
+        wide = order[:, :, None].expand(-1, -1, self.settings.context_width)
+        self.context_tokens = torch.cat([self.context_tokens, tokens], dim=1).gather(1, wide)
+        self.context_acts = torch.cat([self.context_acts, context], dim=1).gather(1, wide)
+
+    def _contexts(self, acts: torch.Tensor, token_ids: torch.Tensor, real: torch.Tensor,
+                  batch_row: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens and this latent's activations at ``position − before … position + after`` of each
+        candidate's window: [d_sae, kk, width] each."""
+        B, T, d_sae = acts.shape
+        offsets = torch.arange(-self.settings.context_before, self.settings.context_after + 1, device=acts.device)
+        where = position[:, :, None] + offsets  # [d_sae, kk, width]
+        inside = (where >= 0) & (where < T)
+        clamped = where.clamp(0, T - 1)
+        rows = batch_row[:, :, None].expand_as(clamped)
+        inside &= real[rows, clamped]
+        tokens = token_ids.to(acts.device)[rows, clamped].masked_fill(~inside, -1)
+        latent = torch.arange(d_sae, device=acts.device)[:, None, None]
+        context = acts.reshape(-1)[((rows * T + clamped) * d_sae + latent)].masked_fill(~inside, 0.0)
+        return tokens, context
+
+
+def _stable_top_k(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column of ``flat [N, d]``, the k largest values and their row indices ([d, k] each),
+    ordered by (value desc, row asc): the first k of a stable descending sort, at the cost of a
+    top-k (a full sort only for the columns with a tie across the k-th place)."""
+    values, index = flat.topk(k, dim=0)  # [k, d], ties in no defined order
+    values, index = values.T.contiguous(), index.T.contiguous()
+    if k < flat.shape[0]:
+        kth = values[:, -1]
+        tied = ((flat >= kth).sum(dim=0) > k) & (kth > 0)  # equal values beyond the k-th place
+        columns = tied.nonzero().flatten()
+        if columns.numel():
+            sort = torch.sort(flat[:, columns], dim=0, descending=True, stable=True)
+            values[columns], index[columns] = sort.values[:k].T, sort.indices[:k].T
+    by_row = index.argsort(dim=1)  # rows ascending, then a stable sort by value
+    values, index = values.gather(1, by_row), index.gather(1, by_row)
+    by_value = torch.sort(values, dim=1, descending=True, stable=True).indices
+    return values.gather(1, by_value), index.gather(1, by_value)
+
+
+def _batches(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(batch, tuple):
+        return batch[0], batch[1]
+    return batch, None
+
+
+@torch.no_grad()
+def collect_top_contexts(
+    model,  # noqa: ANN001
+    sae: SparseAutoencoder,
+    layer: int,
+    hook_point: str,
+    batches: Iterable[Batch],
+    settings: DashboardSettings,
+    log: Callable[[str], None] = lambda message: None,
+) -> TopContexts:
+    """ONE streaming pass: run the model up to ``layer`` on each batch, encode the hook point's
+    activation with the SAE, fold the result into the bounded state."""
+    device = next(model.parameters()).device
+    sae = sae.to(device)
+    state = TopContexts(sae.spec.d_sae, settings, device)
+    with recording(model, [layer], hook_point, stop_after_deepest=True) as records:
+        for batch in batches:
+            token_ids, mask = _batches(batch)
+            token_ids = token_ids.to(device)
+            mask = None if mask is None else mask.to(device)
+            forward_until_recorded(model, input_ids=token_ids, attention_mask=mask, use_cache=False)
+            x = records[layer].float()  # [B, T, d_in]
+            acts = sae.encode(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
+            state.update(acts, token_ids, mask)
+    log(f"dashboards layer {layer}: {state.n_tokens} tokens in {state.n_windows} windows")
+    return state
+
+
+def final_norm_weight(model) -> torch.Tensor:  # noqa: ANN001
+    for path in _FINAL_NORM_PATHS:
+        try:
+            return model.get_submodule(path).weight
+        except AttributeError:
+            continue
+    raise ValueError(f"{type(model).__name__}: no final norm at {_FINAL_NORM_PATHS}")
+
+
+@torch.no_grad()
+def decoder_logit_effects(model, sae: SparseAutoencoder, layer: int, hook_point: str,  # noqa: ANN001
+                          settings: DashboardSettings) -> dict[str, torch.Tensor]:
+    """Top and bottom ``n_logit_tokens`` of W_U · (γ ⊙ d) per latent: ``promoted_ids``,
+    ``promoted_logits``, ``suppressed_ids``, ``suppressed_logits`` ([d_sae, n] each, suppressed
+    most negative first). Computed ``logit_chunk`` latents at a time: never [d_sae, vocab]."""
+    device = next(model.parameters()).device
+    unembed = model.get_output_embeddings().weight.float()  # [vocab, d_model]
+    gamma = final_norm_weight(model).float()  # [d_model]
+    point = get_hook_point(hook_point)
+    into_residual = hook_module(model, layer, hook_point).weight.float() if point.side == "input" else None
+    n = min(settings.n_logit_tokens, unembed.shape[0])
+    parts: dict[str, list[torch.Tensor]] = {key: [] for key in
+                                           ("promoted_ids", "promoted_logits", "suppressed_ids", "suppressed_logits")}
+    W_dec = sae.W_dec.detach()
+    for start in range(0, W_dec.shape[0], settings.logit_chunk):
+        direction = W_dec[start : start + settings.logit_chunk].to(device).float()  # [c, d_in]
+        if into_residual is not None:  # mlp_post: d_mlp → d_model through down_proj (its bias is no direction)
+            direction = direction @ into_residual.T
+        logits = (direction * gamma) @ unembed.T  # [c, vocab]
+        top = logits.topk(n, dim=1)
+        bottom = logits.topk(n, dim=1, largest=False)
+        parts["promoted_ids"].append(top.indices.cpu())
+        parts["promoted_logits"].append(top.values.cpu())
+        parts["suppressed_ids"].append(bottom.indices.cpu())
+        parts["suppressed_logits"].append(bottom.values.cpu())
+    return {key: torch.cat(chunks) for key, chunks in parts.items()}
+
+
+def density_histogram(fire_count: Sequence[int], n_tokens: int) -> dict[str, Any]:
+    """The layer's log10-density histogram over latents: ``edges``, ``counts`` per bin, ``dead``
+    (never fired on these tokens)."""
+    edges = list(DENSITY_HISTOGRAM_EDGES)
+    counts = [0] * (len(edges) - 1)
+    dead = 0
+    for fired in fire_count:
+        if fired == 0 or n_tokens == 0:
+            dead += 1
+            continue
+        log_density = math.log10(fired / n_tokens)
+        index = next((i for i in range(len(counts)) if log_density < edges[i + 1]), len(counts) - 1)
+        counts[max(index, 0)] += 1
+    return {"edges": edges, "counts": counts, "dead": dead, "n_tokens": n_tokens}
+
+
+def latent_rows(state: TopContexts, logits: dict[str, torch.Tensor], decode: Callable[[int], str]) -> list[dict[str, Any]]:
+    """One plain-Python record per latent (the ``latents`` table and ``feature_label``'s input)."""
+    max_values = state.values[:, 0].cpu().tolist()
+    counts = state.fire_count.cpu().tolist()
+    sums = state.activation_sum.cpu().tolist()
+    positions = state.position.cpu().tolist()
+    max_tokens = state.context_tokens[:, :, state.settings.context_before].cpu().tolist()
+    promoted, promoted_logits = logits["promoted_ids"].tolist(), logits["promoted_logits"].tolist()
+    suppressed, suppressed_logits = logits["suppressed_ids"].tolist(), logits["suppressed_logits"].tolist()
+    rows = []
+    for latent, fired in enumerate(counts):
+        top = [token for token, where in zip(max_tokens[latent], positions[latent], strict=True) if where >= 0]
+        rows.append({
+            "latent": latent,
+            "n_firing": fired,
+            "density": fired / state.n_tokens if state.n_tokens else 0.0,
+            "mean_activation": sums[latent] / fired if fired else 0.0,
+            "max_activation": max_values[latent] if fired else 0.0,
+            "n_contexts": len(top),
+            "top_activating_tokens": list(dict.fromkeys(decode(token) for token in top)),
+            "promoted_tokens": [decode(token) for token in promoted[latent]],
+            "promoted_logits": promoted_logits[latent],
+            "suppressed_tokens": [decode(token) for token in suppressed[latent]],
+            "suppressed_logits": suppressed_logits[latent],
+        })
+        rows[-1]["label"] = feature_label(rows[-1])
+    return rows
+
+
+def context_rows(state: TopContexts, decode: Callable[[int], str]) -> list[dict[str, Any]]:
+    """One record per (latent, rank) kept: the context's tokens and activations, cropped to the
+    window's real tokens, and the index of the max-activating token inside it."""
+    values, windows, positions = state.values.cpu().tolist(), state.window.cpu().tolist(), state.position.cpu().tolist()
+    tokens, acts = state.context_tokens.cpu().tolist(), state.context_acts.cpu().tolist()
+    before = state.settings.context_before
+    rows = []
+    for latent, ranks in enumerate(positions):
+        for rank, position in enumerate(ranks):
+            if position < 0:
+                break  # empty slots come last
+            ids = tokens[latent][rank]
+            inside = [i for i, token in enumerate(ids) if token >= 0]
+            first, last = inside[0], inside[-1] + 1
+            rows.append({
+                "latent": latent,
+                "rank": rank,
+                "activation": values[latent][rank],
+                "window": windows[latent][rank],
+                "position": position,
+                "max_token_index": before - first,
+                "token_ids": ids[first:last],
+                "tokens": [decode(token) for token in ids[first:last]],
+                "activations": acts[latent][rank][first:last],
+            })
+    return rows
+
+
+def feature_label(dashboard_row: dict[str, Any], max_tokens: int = 3, max_chars: int = 60) -> str:
+    """A short label for a latent from its dashboard row (a ``latents`` table row): the distinct
+    tokens it fires most on and the tokens it promotes most, e.g. ``' Mary'/' John' → ' to'``.
+    Meant as an attribution-graph node's ``clerp``; ``dead`` for a latent that never fired."""
+    def show(tokens: Sequence[str]) -> str:
+        return "/".join(repr(token) for token in list(tokens)[:max_tokens])
+
+    if not dashboard_row.get("n_firing"):
+        return "dead"
+    label = f"{show(dashboard_row['top_activating_tokens'])} → {show(dashboard_row['promoted_tokens'])}"
+    return label if len(label) <= max_chars else label[: max_chars - 1] + "…"
+
+
+NEURONPEDIA_FEATURE_FIELDS = (
+    "feature_index", "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
+    "correlated_neurons_indices", "correlated_neurons_l1", "correlated_neurons_pearson",
+    "correlated_features_indices", "correlated_features_l1", "correlated_features_pearson",
+    "neg_str", "neg_values", "pos_str", "pos_values", "frac_nonzero",
+    "freq_hist_data_bar_values", "freq_hist_data_bar_heights",
+    "logits_hist_data_bar_heights", "logits_hist_data_bar_values",
+    "n_prompts_total", "n_tokens_in_prompt", "dataset", "decoder_weights_dist", "activations",
+)
+"""The keys of SAEDashboard's ``NeuronpediaDashboardFeature.to_dict()`` (jbloomAus/SAEDashboard,
+sae_dashboard/neuronpedia/neuronpedia_dashboard.py at 03a615f7): the per-feature record of the
+batch files its NeuronpediaRunner writes and Neuronpedia imports. Its constructor takes exactly
+these keys, so a feature with any other key would not load with that class."""
+
+
+def neuronpedia_batch(latents: Sequence[dict[str, Any]], contexts: Sequence[dict[str, Any]], *, model_id: str,
+                      layer: int, sae_set: str, n_prompts_total: int, n_tokens_in_prompt: int,
+                      dataset: str) -> dict[str, Any]:
+    """The layer's dashboards as ONE SAEDashboard / Neuronpedia batch document:
+    ``{model_id, layer, sae_set, features: [...]}`` with every key of
+    ``NEURONPEDIA_FEATURE_FIELDS`` per feature. What we do not compute (neuron alignment,
+    correlations, per-feature activation and logit histograms, decoder weight distribution) is an
+    empty list, as SAEDashboard writes it when a component is switched off. Each top context is a
+    ``TOP ACTIVATIONS`` entry: ``bin_min`` −1, ``bin_max`` the latent's max activation,
+    ``bin_contains`` −1 (what SAEDashboard's converter gives that group), ``tokens`` and ``values``."""
+    by_latent: dict[int, list[dict[str, Any]]] = {}
+    for context in contexts:
+        by_latent.setdefault(context["latent"], []).append(context)
+    features = []
+    for row in latents:
+        features.append({
+            "feature_index": row["latent"],
+            **{key: [] for key in NEURONPEDIA_FEATURE_FIELDS if key.startswith(("neuron_alignment", "correlated"))},
+            "neg_str": row["suppressed_tokens"],
+            "neg_values": _rounded(row["suppressed_logits"]),
+            "pos_str": row["promoted_tokens"],
+            "pos_values": _rounded(row["promoted_logits"]),
+            "frac_nonzero": row["density"],
+            "freq_hist_data_bar_values": [],
+            "freq_hist_data_bar_heights": [],
+            "logits_hist_data_bar_heights": [],
+            "logits_hist_data_bar_values": [],
+            "n_prompts_total": n_prompts_total,
+            "n_tokens_in_prompt": n_tokens_in_prompt,
+            "dataset": dataset,
+            "decoder_weights_dist": [],
+            "activations": [
+                {"bin_min": -1, "bin_max": _rounded([row["max_activation"]])[0], "bin_contains": -1,
+                 "tokens": context["tokens"], "values": _rounded(context["activations"])}
+                for context in sorted(by_latent.get(row["latent"], []), key=lambda c: c["rank"])
+            ],
+        })
+    return {"model_id": model_id, "layer": layer, "sae_set": sae_set, "features": features}
+
+
+def _rounded(values: Sequence[float]) -> list[float]:
+    # SAEDashboard rounds to 3 decimals; so do we (it keeps the file a third of its size).
+    return [round(float(value), 3) for value in values]
