@@ -305,6 +305,12 @@ class InterventionsSection(_Section):
     resample_samples: int = Field(default=100, ge=1, le=100_000)
     bootstrap_samples: int = Field(default=1000, ge=10, le=1_000_000)
     checkpoint_every: int = Field(default=10, ge=1)
+    random_circuit_draws: int = Field(default=10, ge=1, le=10_000)
+    """Random circuits per size (drawn from the key layers' active nodes) for the faithfulness baseline."""
+    min_faithfulness_denominator: float = Field(default=2.0, ge=0)
+    """F(M) − F(∅) in logits (what mean-ablating every key-layer node costs) below which the
+    faithfulness check fails: over a smaller denominator the ratio is too noisy to support a claim
+    (the tiny model's IOI runs mostly through attention: about 1 logit there, 6 for capitals)."""
 
 
 class AutomationSection(_Section):
