@@ -67,6 +67,8 @@ class AttributionSettings:
     edge_threshold: float = 0.01
     max_nodes_per_layer: int = 50
     batch_size: int = 32
+    max_sequences_per_pass: int = 1024
+    """Edges: targets share a forward/backward pass, the batch stacked once per target, up to this many sequences."""
 
 
 @dataclass(frozen=True)
@@ -345,11 +347,12 @@ def _edge_sums(
     """Summed over prompts: {(source, target or LOGIT): weight} for every kept source upstream of
     every kept target, and the embedding nodes' attributions {node index: Σ Δe · ∂m/∂e}.
 
-    Per batch: one clean pass with total gradients (∂m/∂f_d, held fixed as w_d), one "direct"
-    pass (see _spliced_pass), then ONE backward pass per kept target node, batched over the
-    prompts, into the leaves of every layer below it: the weight of u → d is
-    Δ_u · ∂(w_d · f_d)/∂u|direct, and of u → logit is Δ_u · ∂m/∂u|direct. Cost: (kept nodes + 1)
-    backward passes; the all-pairs matrix over all latents is never formed."""
+    Per batch: one clean pass with total gradients (∂m/∂f_d, held fixed as w_d), then "direct"
+    passes (see _spliced_pass) with the batch stacked once per kept target node (up to
+    max_sequences_per_pass sequences), whose backward pass gives each target's gradient at every
+    layer below it: the weight of u → d is Δ_u · ∂(w_d · f_d)/∂u|direct, and of u → logit is
+    Δ_u · ∂m/∂u|direct. Cost: (kept nodes + 1) × batch sequences forward and backward; the
+    all-pairs matrix over all latents is never formed."""
     layers = sorted(saes)
     source_layers = [EMBEDDING_LAYER, *layers]
     by_layer: dict[int, list[int]] = {layer: [] for layer in source_layers}
@@ -375,38 +378,48 @@ def _edge_sums(
                                 sources[EMBEDDING_LAYER].contributions(total[EMBEDDING_LAYER]).tolist(), strict=True):
             embedding_attr[index] = embedding_attr.get(index, 0.0) + value
 
-        acts, leaves, ld = _spliced_pass(model, batch, layers, hook_point, direct=True)
-        below = [leaves[l] for l in source_layers]
-        for layer, gradient in zip(source_layers, torch.autograd.grad(ld.sum(), below, retain_graph=True, allow_unused=True), strict=True):
-            add(LOGIT, sources[layer], gradient)
+        # Targets in chunks of k: the batch stacked k times (copy c carries target c's scalar), so
+        # one forward and ONE backward pass give k targets' gradients at every layer below them.
         rows = torch.arange(batch.size, device=device)
-        for target_layer in layers:
-            targets = by_layer[target_layer]
-            if not targets:
-                continue
-            upstream = [l for l in source_layers if l < target_layer and sources[l].indices]
-            if not upstream:
-                continue
-            sae, x = saes[target_layer], acts[target_layer]
-            features = sae.encode(x)  # in the graph: depends on the upstream leaves
-            for target in targets:
+        jobs: list[int | None] = [None]  # None: the logit
+        jobs += [t for layer in layers for t in by_layer[layer]]
+        per_pass = max(1, settings.max_sequences_per_pass // batch.size)
+        for first in range(0, len(jobs), per_pass):
+            chunk = jobs[first : first + per_pass]
+            k = len(chunk)
+            stacked = batch.repeat(k)
+            acts, leaves, ld = _spliced_pass(model, stacked, layers, hook_point, direct=True)
+            scalars = []
+            encoded: dict[int, torch.Tensor] = {}
+            for c, target in enumerate(chunk):
+                block = slice(c * batch.size, (c + 1) * batch.size)
+                if target is None:
+                    scalars.append(ld[block].sum())
+                    continue
                 node = nodes[target]
+                sae, x = saes[node.layer], acts[node.layer][block]
                 positions = batch.position_of_offset(node.offset)
                 present = positions >= 0
-                if not bool(present.any()):
-                    continue
                 r, p = rows[present], positions[present]
-                g_total = total[target_layer][r, p]
+                g_total = total[node.layer][r, p]
                 if node.is_error:
                     x_at = x[r, p]
-                    scalar = ((x_at - sae.decode(features[r, p])) * g_total).sum()
+                    scalars.append(((x_at - sae.decode(sae.encode(x_at))) * g_total).sum())
                 else:
-                    scalar = (features[r, p, node.feature] * (g_total @ sae.W_dec[node.feature])).sum()
-                if not scalar.requires_grad:
-                    continue  # the feature is off on every prompt of this batch: no flow through it
-                grads = torch.autograd.grad(scalar, [leaves[l] for l in upstream], retain_graph=True, allow_unused=True)
-                for layer, gradient in zip(upstream, grads, strict=True):
-                    add(target, sources[layer], gradient)
+                    if node.layer not in encoded:  # in the graph: depends on the upstream leaves
+                        encoded[node.layer] = sae.encode(acts[node.layer]).unflatten(0, (k, batch.size))
+                    scalars.append((encoded[node.layer][c][r, p, node.feature] * (g_total @ sae.W_dec[node.feature])).sum())
+            total_scalar = torch.stack(scalars).sum()
+            if not total_scalar.requires_grad:
+                continue  # every target of the chunk is off on every prompt: no flow through them
+            grads = torch.autograd.grad(total_scalar, [leaves[l] for l in source_layers], allow_unused=True)
+            for layer, gradient in zip(source_layers, grads, strict=True):
+                if gradient is None or not sources[layer].indices:
+                    continue
+                gradient = gradient.unflatten(0, (k, batch.size))
+                for c, target in enumerate(chunk):
+                    if target is None or layer < nodes[target].layer:
+                        add(LOGIT if target is None else target, sources[layer], gradient[c])
     return weights, embedding_attr
 
 
