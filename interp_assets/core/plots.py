@@ -97,7 +97,8 @@ def attribution_graph_figure(
     for index, (x, y) in shown.items():
         n = nodes[index]
         ax.scatter([x], [y], s=30 + 500 * abs(n["attribution"]) / biggest, zorder=2, marker=markers[n["kind"]],
-                   color="tab:blue" if n["attribution"] > 0 else "tab:red", edgecolors="black", linewidths=0.4)
+                   color="tab:blue" if n["attribution"] > 0 else "tab:red" if n["attribution"] < 0 else "lightgray",
+                   edgecolors="black", linewidths=0.4)
         label = n["label"] if len(n["label"]) <= 18 else n["label"][:17] + "…"
         ax.annotate(f"{label}\n@{n['offset']}", (x, y), xytext=(0, -16), textcoords="offset points", ha="center",
                     va="top", fontsize=6)
