@@ -145,7 +145,7 @@ def faithfulness_figure(rows: Sequence[dict[str, float]], title: str) -> bytes:
         mean = [r["random_faithfulness_mean"] for r in random_rows]
         spread = [0.0 if math.isnan(r["random_faithfulness_std"]) else r["random_faithfulness_std"] for r in random_rows]
         xs = [r["circuit_size"] for r in random_rows]
-        ax.plot(xs, mean, color="gray", linestyle="--", label=f"random circuits, same size (mean ± s.d., "
+        ax.plot(xs, mean, color="gray", linestyle="--", marker="x", label=f"random circuits, same size (mean ± s.d., "
                                                                f"{int(random_rows[0]['random_draws'])} draws)")
         ax.fill_between(xs, [m - s for m, s in zip(mean, spread, strict=True)],
                         [m + s for m, s in zip(mean, spread, strict=True)], color="gray", alpha=0.25)
