@@ -408,6 +408,13 @@ class InterventionsSection(_Section):
     resample_samples: int = Field(default=100, ge=1, le=100_000)
     bootstrap_samples: int = Field(default=1000, ge=10, le=1_000_000)
     checkpoint_every: int = Field(default=10, ge=1)
+    random_circuit_draws: int = Field(default=10, ge=1, le=10_000)
+    """Random circuits per size (drawn from the key layers' active nodes) for the faithfulness baseline."""
+    min_faithfulness_denominator: float = Field(default=3.0, ge=0)
+    """Logits. The faithfulness check fails when the lower end of the 95 % CI of F(M) − F(∅) (what
+    mean-ablating every key-layer node costs) is below it: over a smaller denominator faithfulness
+    is too noisy to support a claim (tiny model: IOI, which runs mostly through attention, about
+    2.3 logits; capitals about 7)."""
 
 
 class DashboardsSection(_Section):

@@ -17,6 +17,7 @@ import pytest
 import safetensors.torch
 import torch
 from helpers import copy_study, run_log, seed_tiny_model, write_config
+from neuronpedia_schema import neuronpedia_graph_problems
 
 from interp_assets.config import ExperimentConfig, load_config
 from interp_assets.definitions import build_definitions
@@ -257,15 +258,18 @@ def _circuits(study: Study, behaviour: str) -> dg.ExecuteInProcessResult:
 def test_attribution_graph_and_interventions_materialize_with_passing_checks(study: Study, behaviour: str) -> None:
     result = _circuits(study, behaviour)
     assert result.success
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"graph_not_empty": True, "attribution_agrees_with_patching": True, "patching_controls_hold": True}
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    denominator_check = checks.pop("faithfulness_denominator_large_enough")
+    assert {name: c.passed for name, c in checks.items()} == {
+        "graph_not_empty": True, "attribution_agrees_with_patching": True, "patching_controls_hold": True}
 
     graph = study.latest("attribution_graphs", behaviour).metadata
     assert graph["n_feature_nodes"].value > 0 and graph["n_edges"].value > 0
     # Tables are typed Dagster tables (sortable in the UI), not markdown strings.
     tables = {"top_nodes": (graph, ["node_id", "layer", "offset", "feature", "attribution", "exact_patch_effect"]),
               "best_patching_sites": (study.latest("interventions", behaviour).metadata,
-                                      ["layer", "position", "recovery", "recovery_ci_low", "recovery_ci_high"])}
+                                      ["layer", "position", "recovery", "recovery_ci_low", "recovery_ci_high",
+                                       "delta_ld", "delta_ld_ci_low", "delta_ld_ci_high"])}
     for name, (metadata, columns) in tables.items():
         assert isinstance(metadata[name], dg.TableMetadataValue), name
         assert [c.name for c in metadata[name].schema.columns] == columns
@@ -276,14 +280,21 @@ def test_attribution_graph_and_interventions_materialize_with_passing_checks(stu
     folder = f"attribution/{study.config.activations.hook_point}/{behaviour}"
     nodes = study.store.read_parquet(f"{folder}/nodes.parquet")
     assert nodes.height == graph["n_nodes"].value
-    assert nodes.group_by("layer").len()["len"].max() <= study.config.attribution.max_nodes_per_layer
-    assert set(nodes["layer"]) <= set(study.config.attribution.key_layers)
-    assert (nodes["attribution"].abs() >= study.config.attribution.node_threshold).all()
+    key_nodes = nodes.filter(pl.col("feature_type") != "embedding")
+    assert key_nodes.group_by("layer").len()["len"].max() <= study.config.attribution.max_nodes_per_layer
+    assert set(key_nodes["layer"]) <= set(study.config.attribution.key_layers)
+    assert (key_nodes["attribution"].abs() >= study.config.attribution.node_threshold).all()
+    assert nodes.filter(pl.col("feature_type") == "embedding").height == nodes["ctx_idx"].max() + 1
     edges = study.store.read_parquet(f"{folder}/edges.parquet")
     assert (edges["source_layer"] < edges["target_layer"]).all()
-    assert set(edges["source"]) | set(edges["target"]) <= set(nodes["node_id"])
+    logit_layer = study.config.model.tiny_spec.num_layers + 1
+    assert set(edges["source"]) | set(edges.filter(pl.col("target_layer") != logit_layer)["target"]) <= set(nodes["node_id"])
+    # Links skip layers (2 → 4) and every key layer reaches the logit directly.
+    layer_pairs = set(edges.select("source_layer", "target_layer").unique().iter_rows())
+    assert {(2, 4), (2, logit_layer), (3, logit_layer), (4, logit_layer)} <= layer_pairs
     document = study.store.read_json(f"{folder}/graph.json")
     assert set(document) == {"metadata", "qParams", "nodes", "links"}
+    assert neuronpedia_graph_problems(document) == []
 
     experiments = study.latest("interventions", behaviour).metadata
     table = study.store.read_parquet(f"interventions/{study.config.activations.hook_point}/{behaviour}/experiments.parquet")
@@ -306,6 +317,16 @@ def test_attribution_graph_and_interventions_materialize_with_passing_checks(stu
     curve = study.store.read_parquet(f"interventions/{study.config.activations.hook_point}/{behaviour}/faithfulness.parquet")
     assert curve.filter(pl.col("circuit_size") == 0)["faithfulness"][0] == pytest.approx(0.0, abs=1e-9)
     assert curve["faithfulness"][-1] > 0.5  # the whole graph carries most of the key layers' effect
+    full = curve.row(-1, named=True)
+    assert full["faithfulness_ci_low"] <= full["faithfulness"] <= full["faithfulness_ci_high"]
+    # The attributed circuit beats random circuits of its size drawn from the active nodes.
+    assert full["faithfulness"] > full["random_faithfulness_mean"] + full["random_faithfulness_std"]
+    assert (table["delta_ld_ci_low"] <= table["delta_ld"] + 1e-9).all()
+    minimum = study.config.interventions.min_faithfulness_denominator
+    assert denominator_check.passed == (full["denominator_ci_low"] >= minimum)
+    assert experiments["faithfulness_denominator"].value == pytest.approx(full["denominator"])
+    if not denominator_check.passed:
+        assert "min_faithfulness_denominator" in denominator_check.description
     assert not study.store.exists(f"checkpoints/interventions/{study.config.activations.hook_point}/{behaviour}/fingerprint.json")
 
 

@@ -12,7 +12,7 @@ from interp_assets.config import ExperimentConfig
 from interp_assets.partitions import behaviour_partitions
 from resources.compute import ComputeResource
 
-LOGIC_VERSION = "1"
+LOGIC_VERSION = "2"
 MIN_SIGN_AGREEMENT = 0.7
 """Share of the top features whose attribution has the sign of their exact patching effect."""
 

@@ -10,7 +10,7 @@ from interp_assets.config import ExperimentConfig
 from interp_assets.partitions import behaviour_partitions
 from resources.compute import ComputeResource
 
-LOGIC_VERSION = "1"
+LOGIC_VERSION = "2"
 CONTROL_TOLERANCE = 1e-3
 
 
@@ -24,7 +24,29 @@ def intervention_checks(metadata: dict) -> list[dg.AssetCheckResult]:
             metadata={"patch_nothing_recovery": nothing, "patch_everything_recovery": everything,
                       "tolerance": CONTROL_TOLERANCE},
         ),
+        denominator_check(metadata),
     ]
+
+
+def denominator_check(metadata: dict) -> dg.AssetCheckResult:
+    """Faithfulness is a ratio over F(M) − F(∅); when that denominator's 95 % CI reaches below
+    interventions.min_faithfulness_denominator logits the ratio cannot support a claim, so the
+    check fails and says why."""
+    denominator = float(metadata["faithfulness_denominator"].value)
+    low, high = metadata["faithfulness_denominator_ci"].value
+    minimum = float(metadata["min_faithfulness_denominator"].value)
+    passed = low >= minimum
+    reason = (f"F(M) − F(∅) = {denominator:.3g} logits (95 % CI {low:.3g} to {high:.3g}) "
+              + (f"lies above {minimum:g}: the faithfulness ratios rest on a measurable effect" if passed else
+                 f"reaches below interventions.min_faithfulness_denominator = {minimum:g}: mean-ablating every node of the key "
+                 "layers barely moves the metric, so faithfulness and completeness ratios over it are noise; the "
+                 "behaviour runs elsewhere (e.g. attention) or the key layers miss it"))
+    return dg.AssetCheckResult(
+        check_name="faithfulness_denominator_large_enough", passed=passed,
+        metadata={"denominator_logits": denominator, "denominator_ci": [low, high], "minimum": minimum,
+                  "reason": reason},
+        description=reason,
+    )
 
 
 def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
@@ -44,6 +66,9 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
             dg.AssetCheckSpec("patching_controls_hold", asset="interventions", blocking=True,
                               description="patching nothing recovers 0 and patching the last residual stream "
                                           "everywhere recovers 1 (the metric and the hooks are sound)"),
+            dg.AssetCheckSpec("faithfulness_denominator_large_enough", asset="interventions", blocking=False,
+                              description="F(M) − F(∅), what the key layers carry in logits, is at least "
+                                          "interventions.min_faithfulness_denominator, so faithfulness is not noise"),
         ],
         description=__doc__,
     )

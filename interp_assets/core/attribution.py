@@ -14,31 +14,49 @@ gradient with respect to a feature is its decoder row dotted with ∂m/∂x, so 
 gives every node of every key layer. With ``method="integrated_gradients"`` ∂m/∂x at layer L is
 averaged over the straight path from the corrupted to the clean activation of that layer.
 
-Edges between successive key layers L1 < L2: how much of a downstream node's attribution flows
-through an upstream node, Δf_u · ∂(∂m/∂f_d · f_d)/∂f_u with ∂m/∂f_d held fixed: one backward pass
-per kept downstream node, only between kept nodes: the dense all-pairs matrix is never formed.
+Graph structure (circuit-tracer's): embedding nodes (one per token position: Δe = embedding of
+the clean token − of the corrupted one), feature and error nodes at every key layer, and the
+metric's logit node. Edges go from every kept node to every kept node downstream of it (any later
+key layer, and the logit), as DIRECT effects: the gradient from a downstream node to an upstream
+one is taken with the key layers in between frozen, so a path through them is its own chain of
+edges. The weight of u → d is Δ_u · ∂(w_d · f_d)/∂u|direct with w_d = ∂m/∂f_d (the total
+gradient, held fixed): how much of d's attribution flows directly from u; u → logit is
+Δ_u · ∂m/∂u|direct. By the chain rule a node's attribution is the sum of ALL its outgoing weights
+(to every downstream node, kept or not, and the logit). One backward pass per kept downstream
+node, batched over the prompts: the dense all-pairs matrix over all latents is never formed.
+Each node's influence is propagated from the logit through the row-normalised |adjacency|, as
+circuit-tracer's ``compute_node_influence`` does.
 
 Attributions are averaged over the prompts, positions aligned from the end (offset −1 is the last
 token). Nodes are pruned per layer (|a| ≥ node_threshold, at most max_nodes_per_layer);
-edges by |w| ≥ edge_threshold. Plain PyTorch: no dagster.
+edges by |w| ≥ edge_threshold; then a feature or error node left with no outgoing link is dropped.
+Plain PyTorch: no dagster. The circuit-tracer / Neuronpedia JSON is written by graph_export.py.
 
-One module on purpose (about 500 lines): node attribution, edges, the exact-patching check and the
-JSON export share the spliced forward pass and its gradients; split, each would re-derive them.
+One module on purpose (about 500 lines): node attribution and edges share the spliced forward
+passes and their gradients; split, each would re-derive them. The exact-patching check lives in
+attribution_checks.py, influence in influence.py, the JSON export in graph_export.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from interp_assets.core.hooks import hooked
+from interp_assets.core.influence import node_influence
 from interp_assets.core.prompt_pairs import PairBatch, PromptPairs, logit_diff, run_logits
 from interp_assets.core.sae import SparseAutoencoder
 
 ERROR_FEATURE = -1
 """The ``feature`` index of an error node (circuit-tracer uses the same convention)."""
+EMBEDDING_LAYER = -1
+"""The ``layer`` of a token-embedding node (one per position, below every key layer)."""
+EMBEDDING_FEATURE = -2
+"""The ``feature`` index of a token-embedding node."""
+LOGIT = -1
+"""``Edge.target`` of a link into the metric's logit node."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,8 @@ class AttributionSettings:
     edge_threshold: float = 0.01
     max_nodes_per_layer: int = 50
     batch_size: int = 32
+    max_sequences_per_pass: int = 1024
+    """Edges: targets share a forward/backward pass, the batch stacked once per target, up to this many sequences."""
 
 
 @dataclass(frozen=True)
@@ -66,12 +86,18 @@ class Node:
     def is_error(self) -> bool:
         return self.feature == ERROR_FEATURE
 
+    @property
+    def kind(self) -> str:
+        """"embedding", "error" or "feature"."""
+        return "embedding" if self.layer == EMBEDDING_LAYER else "error" if self.is_error else "feature"
+
 
 @dataclass(frozen=True)
 class Edge:
     source: int
     """Index into AttributionGraph.nodes (the upstream node, at the lower layer)."""
     target: int
+    """Index into AttributionGraph.nodes (a node at a later key layer), or LOGIT."""
     weight: float
 
 
@@ -87,13 +113,15 @@ class AttributionGraph:
     layer_totals: dict[int, dict[str, float]] = field(default_factory=dict)
     """Per layer: summed feature attribution, summed error attribution, and their total (the
     first-order estimate of patching the whole layer), before pruning."""
+    influence: list[float] = field(default_factory=list)
+    """Per node: its influence on the logit through the normalised adjacency (node_influence)."""
 
 
 # ---------------------------------------------------------------------------------------------
 # Forward passes with the key layers exposed
 
 
-def _corrupted_activations(
+def corrupted_activations(
     model, batch: PairBatch, layers: Sequence[int], hook_point: str  # noqa: ANN001
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     records: dict[int, torch.Tensor] = {}
@@ -198,7 +226,7 @@ def _node_sums(
     }
     ld_clean_total = ld_corrupt_total = 0.0
     for batch in pairs.batches(settings.batch_size, device, pad_token_id):
-        corrupt, ld_corrupt = _corrupted_activations(model, batch, layers, hook_point)
+        corrupt, ld_corrupt = corrupted_activations(model, batch, layers, hook_point)
         clean, leaves, ld = _clean_pass_with_grad(model, batch, layers, hook_point)
         ld_clean_total += float(ld.detach().sum())
         ld_corrupt_total += float(ld_corrupt.sum())
@@ -251,10 +279,62 @@ def _select_nodes(sums: Mapping[int, _LayerSums], n_prompts: int, width: int, se
 
 
 # ---------------------------------------------------------------------------------------------
-# Edges
+# Edges: direct effects between kept nodes, every pair upstream → downstream, and into the logit
 
 
-def _edges(
+@dataclass
+class _Sources:
+    """The kept nodes of one source layer (the embedding or a key layer) in one batch: the
+    contribution of source s to a target whose gradient at this layer is g is
+    Σ_b present[s, b] · g[b, position[s, b]] · direction[s, b]."""
+    indices: list[int]
+    position: torch.Tensor  # [S, B]
+    present: torch.Tensor  # [S, B]
+    direction: torch.Tensor  # [S, B, d]: Δf · W_dec[i] (feature), Δε (error), Δembedding (token)
+
+    def contributions(self, gradient: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(gradient.shape[0], device=gradient.device)
+        at = gradient[rows[None, :], self.position.clamp_min(0)]  # [S, B, d]
+        return ((at * self.direction).sum(-1) * self.present).sum(-1)
+
+
+def _spliced_pass(
+    model, batch: PairBatch, layers: Sequence[int], hook_point: str, *, direct: bool,  # noqa: ANN001
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor]:
+    """Clean forward pass with a zero leaf added to the token embeddings (key EMBEDDING_LAYER)
+    and at each key layer's hook point. Returns (activations, leaves, LD [B]).
+
+    ``direct``: each key layer passes on ``activation.detach() + leaf``, so a gradient with
+    respect to an upstream leaf reaches a downstream key layer (or the metric) only through paths
+    that avoid every key layer in between: the direct effects circuit-tracer's adjacency holds.
+    The returned activations keep their graph to the upstream leaves."""
+    activations: dict[int, torch.Tensor] = {}
+    leaves: dict[int, torch.Tensor] = {}
+
+    def splice(layer: int, activation: torch.Tensor) -> torch.Tensor:
+        value = activation.float()
+        leaf = torch.zeros_like(value, requires_grad=True)
+        leaves[layer], activations[layer] = leaf, value
+        return ((value.detach() if direct else value) + leaf).to(activation.dtype)
+
+    def embed_hook(module, args, output):  # noqa: ANN001, ANN202
+        return splice(EMBEDDING_LAYER, output)
+
+    handle = model.get_input_embeddings().register_forward_hook(embed_hook)
+    try:
+        with torch.enable_grad(), hooked(model, layers, hook_point, splice):
+            ld = logit_diff(run_logits(model, batch.clean_ids, batch), batch)
+    finally:
+        handle.remove()
+    return activations, leaves, ld
+
+
+@torch.no_grad()
+def _corrupted_embeddings(model, batch: PairBatch) -> torch.Tensor:  # noqa: ANN001
+    return model.get_input_embeddings()(batch.corrupted_ids).float()
+
+
+def _edge_sums(
     model,  # noqa: ANN001
     saes: Mapping[int, SparseAutoencoder],
     pairs: PromptPairs,
@@ -263,61 +343,131 @@ def _edges(
     settings: AttributionSettings,
     device: torch.device,
     pad_token_id: int,
-) -> list[Edge]:
+) -> tuple[dict[tuple[int, int], float], dict[int, float]]:
+    """Summed over prompts: {(source, target or LOGIT): weight} for every kept source upstream of
+    every kept target, and the embedding nodes' attributions {node index: Σ Δe · ∂m/∂e}.
+
+    Per batch: one clean pass with total gradients (∂m/∂f_d, held fixed as w_d), then "direct"
+    passes (see _spliced_pass) with the batch stacked once per kept target node (up to
+    max_sequences_per_pass sequences), whose backward pass gives each target's gradient at every
+    layer below it: the weight of u → d is Δ_u · ∂(w_d · f_d)/∂u|direct, and of u → logit is
+    Δ_u · ∂m/∂u|direct. Cost: (kept nodes + 1) × batch sequences forward and backward; the
+    all-pairs matrix over all latents is never formed."""
     layers = sorted(saes)
-    by_layer: dict[int, list[int]] = {layer: [] for layer in layers}
+    source_layers = [EMBEDDING_LAYER, *layers]
+    by_layer: dict[int, list[int]] = {layer: [] for layer in source_layers}
     for index, node in enumerate(nodes):
         by_layer[node.layer].append(index)
     weights: dict[tuple[int, int], float] = {}
-    n = len(pairs)
+    embedding_attr: dict[int, float] = {}
+
+    def add(target: int, sources: _Sources, gradient: torch.Tensor | None) -> None:
+        if gradient is None:
+            return
+        for source, value in zip(sources.indices, sources.contributions(gradient).tolist(), strict=True):
+            weights[(source, target)] = weights.get((source, target), 0.0) + value
+
     for batch in pairs.batches(settings.batch_size, device, pad_token_id):
-        corrupt, _ = _corrupted_activations(model, batch, layers, hook_point)
-        clean, leaves, ld = _clean_pass_with_grad(model, batch, layers, hook_point)
-        grads = dict(zip(layers, torch.autograd.grad(ld.sum(), [leaves[l] for l in layers], retain_graph=True), strict=True))
+        corrupt, _ = corrupted_activations(model, batch, layers, hook_point)
+        corrupt[EMBEDDING_LAYER] = _corrupted_embeddings(model, batch)
+        clean, total_leaves, ld = _spliced_pass(model, batch, layers, hook_point, direct=False)
+        total = dict(zip(source_layers, torch.autograd.grad(ld.sum(), [total_leaves[l] for l in source_layers]), strict=True))
+        del total_leaves, ld
+        sources = {layer: _sources(nodes, by_layer[layer], layer, batch, saes, clean, corrupt) for layer in source_layers}
+        for index, value in zip(sources[EMBEDDING_LAYER].indices,
+                                sources[EMBEDDING_LAYER].contributions(total[EMBEDDING_LAYER]).tolist(), strict=True):
+            embedding_attr[index] = embedding_attr.get(index, 0.0) + value
+
+        # Targets in chunks of k: the batch stacked k times (copy c carries target c's scalar), so
+        # one forward and ONE backward pass give k targets' gradients at every layer below them.
         rows = torch.arange(batch.size, device=device)
-        for upstream, downstream in zip(layers, layers[1:]):
-            up_nodes, down_nodes = by_layer[upstream], by_layer[downstream]
-            if not up_nodes or not down_nodes:
-                continue
-            up_sae, down_sae = saes[upstream], saes[downstream]
-            with torch.no_grad():
-                x_up_clean = clean[upstream].detach()
-                f_up_clean, f_up_corrupt = up_sae.encode(x_up_clean), up_sae.encode(corrupt[upstream])
-                err_up_delta = (x_up_clean - up_sae.decode(f_up_clean)) - (corrupt[upstream] - up_sae.decode(f_up_corrupt))
-                delta_f_up = f_up_clean - f_up_corrupt  # [B, T, d_sae]
-            for target in down_nodes:
+        jobs: list[int | None] = [None]  # None: the logit
+        jobs += [t for layer in layers for t in by_layer[layer]]
+        per_pass = max(1, settings.max_sequences_per_pass // batch.size)
+        for first in range(0, len(jobs), per_pass):
+            chunk = jobs[first : first + per_pass]
+            k = len(chunk)
+            stacked = batch.repeat(k)
+            acts, leaves, ld = _spliced_pass(model, stacked, layers, hook_point, direct=True)
+            scalars = []
+            encoded: dict[int, torch.Tensor] = {}
+            for c, target in enumerate(chunk):
+                block = slice(c * batch.size, (c + 1) * batch.size)
+                if target is None:
+                    scalars.append(ld[block].sum())
+                    continue
                 node = nodes[target]
+                sae, x = saes[node.layer], acts[node.layer][block]
                 positions = batch.position_of_offset(node.offset)
                 present = positions >= 0
-                if not bool(present.any()):
-                    continue
                 r, p = rows[present], positions[present]
-                x_down = clean[downstream][r, p]  # in the graph: depends on the upstream leaf
-                g_down = grads[downstream][r, p].detach()
+                g_total = total[node.layer][r, p]
                 if node.is_error:
-                    value = x_down - down_sae.decode(down_sae.encode(x_down))
-                    scalar = (value * g_down).sum()
+                    x_at = x[r, p]
+                    scalars.append(((x_at - sae.decode(sae.encode(x_at))) * g_total).sum())
                 else:
-                    w = g_down @ down_sae.W_dec[node.feature]  # ∂m/∂f_d, held fixed
-                    scalar = (down_sae.encode(x_down)[:, node.feature] * w).sum()
-                if not scalar.requires_grad:
-                    continue  # the node is off on every prompt of this batch: no flow through it
-                (g_up,) = torch.autograd.grad(scalar, [leaves[upstream]], retain_graph=True)
-                with torch.no_grad():
-                    for source in up_nodes:
-                        up = nodes[source]
-                        up_positions = batch.position_of_offset(up.offset)
-                        ok = up_positions >= 0
-                        if not bool(ok.any()):
-                            continue
-                        rr, pp = rows[ok], up_positions[ok]
-                        if up.is_error:
-                            contribution = (err_up_delta[rr, pp] * g_up[rr, pp]).sum()
-                        else:
-                            contribution = (delta_f_up[rr, pp, up.feature] * (g_up[rr, pp] @ up_sae.W_dec[up.feature])).sum()
-                        weights[(source, target)] = weights.get((source, target), 0.0) + float(contribution)
-    edges = [Edge(s, t, w / n) for (s, t), w in sorted(weights.items()) if abs(w / n) >= settings.edge_threshold]
-    return edges
+                    if node.layer not in encoded:  # in the graph: depends on the upstream leaves
+                        encoded[node.layer] = sae.encode(acts[node.layer]).unflatten(0, (k, batch.size))
+                    scalars.append((encoded[node.layer][c][r, p, node.feature] * (g_total @ sae.W_dec[node.feature])).sum())
+            total_scalar = torch.stack(scalars).sum()
+            if not total_scalar.requires_grad:
+                continue  # every target of the chunk is off on every prompt: no flow through them
+            grads = torch.autograd.grad(total_scalar, [leaves[l] for l in source_layers], allow_unused=True)
+            for layer, gradient in zip(source_layers, grads, strict=True):
+                if gradient is None or not sources[layer].indices:
+                    continue
+                gradient = gradient.unflatten(0, (k, batch.size))
+                for c, target in enumerate(chunk):
+                    if target is None or layer < nodes[target].layer:
+                        add(LOGIT if target is None else target, sources[layer], gradient[c])
+    return weights, embedding_attr
+
+
+@torch.no_grad()
+def _sources(
+    nodes: Sequence[Node], indices: list[int], layer: int, batch: PairBatch,
+    saes: Mapping[int, SparseAutoencoder], clean: Mapping[int, torch.Tensor], corrupt: Mapping[int, torch.Tensor],
+) -> _Sources:
+    x_clean, x_corrupt = clean[layer].detach(), corrupt[layer]
+    width = x_clean.shape[-1]
+    if not indices:
+        empty = torch.zeros(0, batch.size, dtype=torch.long, device=x_clean.device)
+        return _Sources([], empty, empty.bool(), torch.zeros(0, batch.size, width, device=x_clean.device))
+    position = torch.stack([batch.position_of_offset(nodes[i].offset) for i in indices])  # [S, B]
+    present = position >= 0
+    rows = torch.arange(batch.size, device=x_clean.device)[None, :].expand_as(position)
+    at_clean, at_corrupt = x_clean[rows, position.clamp_min(0)], x_corrupt[rows, position.clamp_min(0)]  # [S, B, d]
+    if layer == EMBEDDING_LAYER:
+        direction = at_clean - at_corrupt
+    else:
+        sae = saes[layer]
+        f_clean, f_corrupt = sae.encode(at_clean), sae.encode(at_corrupt)  # [S, B, d_sae]
+        err_delta = (at_clean - sae.decode(f_clean)) - (at_corrupt - sae.decode(f_corrupt))
+        direction = torch.empty_like(at_clean)
+        for s, index in enumerate(indices):
+            feature = nodes[index].feature
+            if feature == ERROR_FEATURE:
+                direction[s] = err_delta[s]
+            else:
+                direction[s] = (f_clean[s, :, feature] - f_corrupt[s, :, feature])[:, None] * sae.W_dec[feature]
+    return _Sources(indices, position, present, direction * present[..., None])
+
+
+def _prune_unlinked(nodes: list[Node], edges: list[Edge]) -> tuple[list[Node], list[Edge]]:
+    """Drop feature and error nodes with no outgoing kept link, until none is left (a drop can
+    strand its sources), as circuit-tracer's pruning does; embedding nodes always stay."""
+    alive = set(range(len(nodes)))
+    while True:
+        has_out = {e.source for e in edges if e.source in alive and (e.target == LOGIT or e.target in alive)}
+        stranded = {i for i in alive if nodes[i].layer != EMBEDDING_LAYER and i not in has_out}
+        if not stranded:
+            break
+        alive -= stranded
+    order = sorted(alive)
+    new_index = {old: new for new, old in enumerate(order)}
+    kept_edges = [Edge(new_index[e.source], LOGIT if e.target == LOGIT else new_index[e.target], e.weight)
+                  for e in edges if e.source in alive and (e.target == LOGIT or e.target in alive)]
+    return [nodes[i] for i in order], kept_edges
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +483,7 @@ def attribution_graph(
     pad_token_id: int,
     log: Callable[[str], None] = lambda _: None,
 ) -> AttributionGraph:
-    """Nodes and edges of the pruned attribution graph, averaged over ``pairs``."""
+    """Nodes, edges and influence of the pruned attribution graph, averaged over ``pairs``."""
     if len(pairs) == 0:
         raise ValueError("no usable prompt pairs (each clean prompt must tokenize to its corrupted twin's length)")
     device = next(model.parameters()).device
@@ -348,11 +498,19 @@ def attribution_graph(
         }
         for layer, acc in sums.items()
     }
-    nodes = _select_nodes(sums, n, width, settings)
+    selected = _select_nodes(sums, n, width, settings)
     del sums
-    log(f"attribution: {len(nodes)} nodes kept over layers {sorted(saes)} from {n} prompt pairs")
-    edges = _edges(model, saes, pairs, nodes, hook_point, settings, device, pad_token_id)
-    log(f"attribution: {len(edges)} edges kept (|w| ≥ {settings.edge_threshold})")
+    # One embedding node per position of the (right-aligned) prompts; attributions come with the edges.
+    embeddings = [Node(EMBEDDING_LAYER, offset, EMBEDDING_FEATURE, 0.0, 0.0, 0.0) for offset in range(-width, 0)]
+    nodes = embeddings + selected
+    log(f"attribution: {len(selected)} nodes kept over layers {sorted(saes)} from {n} prompt pairs")
+    sums_by_edge, embedding_attr = _edge_sums(model, saes, pairs, nodes, hook_point, settings, device, pad_token_id)
+    nodes = [replace(node, attribution=embedding_attr.get(i, 0.0) / n) if node.layer == EMBEDDING_LAYER else node
+             for i, node in enumerate(nodes)]
+    edges = [Edge(s, t, w / n) for (s, t), w in sorted(sums_by_edge.items()) if abs(w / n) >= settings.edge_threshold]
+    nodes, edges = _prune_unlinked(nodes, edges)
+    log(f"attribution: {len(edges)} edges kept (|w| ≥ {settings.edge_threshold}), "
+        f"{sum(n.layer != EMBEDDING_LAYER for n in nodes)} feature and error nodes with a link")
     return AttributionGraph(
         nodes=nodes,
         edges=edges,
@@ -362,140 +520,5 @@ def attribution_graph(
         mean_logit_diff_clean=ld_clean / n,
         mean_logit_diff_corrupted=ld_corrupt / n,
         layer_totals=totals,
+        influence=node_influence(len(nodes), [(e.source, e.target, e.weight) for e in edges]),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking the linear estimate against the real intervention
-
-
-@torch.no_grad()
-def exact_patch_effects(
-    model,  # noqa: ANN001
-    saes: Mapping[int, SparseAutoencoder],
-    pairs: PromptPairs,
-    nodes: Sequence[Node],
-    hook_point: str,
-    pad_token_id: int,
-    batch_size: int = 32,
-) -> list[float]:
-    """For each feature node: mean over prompts of m(clean) − m(clean with that one feature set
-    to its corrupted value at its position), the quantity its attribution estimates to first order."""
-    device = next(model.parameters()).device
-    layers = sorted(saes)
-    effects = [0.0] * len(nodes)
-    for batch in pairs.batches(batch_size, device, pad_token_id):
-        corrupt, _ = _corrupted_activations(model, batch, layers, hook_point)
-        ld_clean = logit_diff(run_logits(model, batch.clean_ids, batch), batch)
-        rows = torch.arange(batch.size, device=device)
-        for index, node in enumerate(nodes):
-            if node.is_error:
-                continue
-            sae = saes[node.layer].to(device)
-            positions = batch.position_of_offset(node.offset)
-            present = positions >= 0
-            r, p = rows[present], positions[present]
-            f_corrupt = sae.encode(corrupt[node.layer][r, p])[:, node.feature]
-
-            def patch(layer: int, activation: torch.Tensor, r=r, p=p, f_corrupt=f_corrupt, node=node, sae=sae) -> torch.Tensor:
-                x = activation.float().clone()
-                f_clean = sae.encode(x[r, p])[:, node.feature]
-                x[r, p] += (f_corrupt - f_clean)[:, None] * sae.W_dec[node.feature]
-                return x.to(activation.dtype)
-
-            with hooked(model, [node.layer], hook_point, patch):
-                ld = logit_diff(run_logits(model, batch.clean_ids, batch), batch)
-            effects[index] += float((ld_clean - ld).sum())
-    return [effect / len(pairs) for effect in effects]
-
-
-def rank_agreement(estimates: Sequence[float], exact: Sequence[float]) -> dict[str, float]:
-    """Sign agreement and Spearman rank correlation between attributions and exact effects."""
-    if not estimates:
-        return {"n_nodes": 0, "sign_agreement": float("nan"), "spearman": float("nan")}
-    est, ex = torch.tensor(list(estimates), dtype=torch.float64), torch.tensor(list(exact), dtype=torch.float64)
-    sign = float((torch.sign(est) == torch.sign(ex)).double().mean())
-
-    def ranks(values: torch.Tensor) -> torch.Tensor:
-        return values.argsort().argsort().double()
-
-    if len(est) < 2:
-        return {"n_nodes": len(est), "sign_agreement": sign, "spearman": float("nan")}
-    re_, rx = ranks(est), ranks(ex)
-    re_, rx = re_ - re_.mean(), rx - rx.mean()
-    spearman = float((re_ * rx).sum() / (re_.norm() * rx.norm()).clamp_min(1e-12))
-    return {"n_nodes": len(est), "sign_agreement": sign, "spearman": spearman}
-
-
-# ---------------------------------------------------------------------------------------------
-# Export: the circuit-tracer / Neuronpedia graph JSON
-
-
-def node_id(node: Node, max_length: int) -> str:
-    """circuit-tracer's node ids: ``{layer}_{feature}_{ctx_idx}``, feature −1 for error nodes."""
-    return f"{node.layer}_{node.feature}_{max_length + node.offset}"
-
-
-def graph_json(
-    graph: AttributionGraph,
-    *,
-    slug: str,
-    scan: str,
-    prompt: str,
-    prompt_tokens: Sequence[str],
-    hook_names: Mapping[int, str],
-    n_model_layers: int,
-    metric_label: str,
-) -> dict:
-    """The graph in the schema circuit-tracer's frontend and Neuronpedia load
-    (``metadata, qParams, nodes, links``). Positions (ctx_idx) are those of ``prompt_tokens``,
-    the longest prompt, right-aligned with every other prompt.
-
-    The metric (logit difference) is one logit node; links into it come from the last key layer's
-    nodes, weighted by their attribution (their total effect on the metric)."""
-    width = graph.max_length
-    nodes = []
-    for node in graph.nodes:
-        ctx_idx = width + node.offset
-        if node.is_error:
-            nodes.append({
-                "node_id": node_id(node, width), "feature": ERROR_FEATURE, "layer": str(node.layer), "ctx_idx": ctx_idx,
-                "feature_type": "mlp reconstruction error", "jsNodeId": f"{node.layer}_-1-{ctx_idx}",
-                "clerp": f"L{node.layer} SAE error @{node.offset}", "influence": node.attribution,
-                "activation": node.activation_clean, "reverse_ctx_idx": -node.offset - 1,
-            })
-        else:
-            nodes.append({
-                "node_id": node_id(node, width), "feature": node.feature, "layer": str(node.layer), "ctx_idx": ctx_idx,
-                # The viewers key node styling on circuit-tracer's type strings; ours are SAE
-                # features, named by hook point in metadata.transcoder_list.
-                "feature_type": "cross layer transcoder",
-                "jsNodeId": f"{node.layer}_{node.feature}-0",
-                "clerp": f"{hook_names[node.layer]} f{node.feature} @{node.offset}", "influence": node.attribution,
-                "activation": node.activation_clean, "reverse_ctx_idx": -node.offset - 1,
-            })
-    logit_layer = str(n_model_layers + 1)
-    logit = {
-        "node_id": f"{logit_layer}_0_{width - 1}", "feature": 0, "layer": logit_layer, "ctx_idx": width - 1,
-        "feature_type": "logit", "jsNodeId": f"L_0-{width - 1}", "clerp": metric_label, "is_target_logit": True,
-        "token_prob": 0.0, "influence": graph.mean_logit_diff_clean - graph.mean_logit_diff_corrupted,
-        "activation": graph.mean_logit_diff_clean, "reverse_ctx_idx": 0,
-    }
-    nodes.append(logit)
-    links = [{"source": nodes[e.source]["node_id"], "target": nodes[e.target]["node_id"], "weight": e.weight}
-             for e in graph.edges]
-    last = max(graph.key_layers)
-    links += [{"source": node_id(n, width), "target": logit["node_id"], "weight": n.attribution}
-              for n in graph.nodes if n.layer == last]
-    return {
-        "metadata": {
-            "slug": slug, "scan": scan, "transcoder_list": [hook_names[layer] for layer in graph.key_layers],
-            "prompt_tokens": list(prompt_tokens), "prompt": prompt, "schema_version": 1,
-            "node_threshold": None, "n_prompts": graph.n_prompts,
-            "mean_logit_diff_clean": graph.mean_logit_diff_clean,
-            "mean_logit_diff_corrupted": graph.mean_logit_diff_corrupted,
-        },
-        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
-        "nodes": nodes,
-        "links": links,
-    }

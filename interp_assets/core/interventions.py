@@ -14,8 +14,8 @@ the KL divergence of the next-token distribution from the clean run's.
   residual stream at every position (exactly 1).
 - resample ablation (clean run): a group's features take their values on another prompt of the
   same length, averaged over many draws.
-- faithfulness of a circuit C (Marks et al.): everything at the key layers outside C is
-  mean-ablated: (F(C) − F(∅)) / (F(M) − F(∅)); the complement M∖C is scored the same way.
+- circuit scores for faithfulness (Marks et al.): everything at the key layers outside C is
+  mean-ablated (``circuit_lds``); the statistics over them are in circuit_stats.py.
 
 Experiments are deterministic (seeds derive from their ids), so a rerun that skips finished
 experiments gives the same table. Plain PyTorch: no dagster.
@@ -75,9 +75,11 @@ def seed_of(text: str) -> int:
 
 def summarise(
     experiment_id: str, ld: torch.Tensor, kl: torch.Tensor, ld_clean: torch.Tensor, ld_corrupt: torch.Tensor,
-    bootstrap_samples: int,
+    bootstrap_samples: int, delta_from: str = "clean",
 ) -> dict[str, float]:
-    """Means, normalised recovery and percentile-bootstrap 95 % CIs over prompts."""
+    """Means, normalised recovery and percentile-bootstrap 95 % CIs over prompts; ΔLD = LD − LD of
+    the run the intervention edits (``delta_from``: "clean" for ablations and resampling,
+    "corrupted" for patching), in logits, beside the recovery its ratio hides."""
     ld, kl, ld_clean, ld_corrupt = (t.double().cpu() for t in (ld, kl, ld_clean, ld_corrupt))
     n = ld.shape[0]
 
@@ -88,6 +90,8 @@ def summarise(
     draws = torch.randint(0, n, (bootstrap_samples, n), generator=generator)
     boot_recovery = recovery(ld[draws], ld_clean[draws], ld_corrupt[draws])
     boot_ld = ld[draws].mean(-1)
+    delta = ld - (ld_clean if delta_from == "clean" else ld_corrupt)
+    boot_delta = delta[draws].mean(-1)
     low, high = 0.025, 0.975
     return {
         "n_prompts": n,
@@ -99,6 +103,9 @@ def summarise(
         "recovery": float(recovery(ld, ld_clean, ld_corrupt)),
         "recovery_ci_low": float(boot_recovery.nanquantile(low)),
         "recovery_ci_high": float(boot_recovery.nanquantile(high)),
+        "delta_ld": float(delta.mean()),
+        "delta_ld_ci_low": float(boot_delta.quantile(low)),
+        "delta_ld_ci_high": float(boot_delta.quantile(high)),
         "kl_to_clean": float(kl.mean()),
     }
 
@@ -381,7 +388,11 @@ class InterventionRunner:
     # -- faithfulness -------------------------------------------------------------------------
 
     def circuit_score(self, prompt_set: str, keep: Iterable[NodeRef] | None, ablate: Iterable[NodeRef] | None) -> float:
-        """Mean LD with the key layers' features and error terms mean-ablated.
+        """Mean LD over the prompts of ``circuit_lds``."""
+        return float(self.circuit_lds(prompt_set, keep, ablate).mean())
+
+    def circuit_lds(self, prompt_set: str, keep: Iterable[NodeRef] | None, ablate: Iterable[NodeRef] | None) -> torch.Tensor:
+        """[n_prompts] LD with the key layers' features and error terms mean-ablated.
 
         ``keep``: everything EXCEPT these nodes is mean-ablated (F(C); empty → F(∅)).
         ``ablate``: ONLY these nodes are mean-ablated (F(M∖C)).
@@ -425,7 +436,7 @@ class InterventionRunner:
                 fns[layer] = fn
             return fns
 
-        return float(self._forward(prompt_set, corrupted=False, edit=edit).ld.mean())
+        return self._forward(prompt_set, corrupted=False, edit=edit).ld
 
 
 def _decoder_layers(model):  # noqa: ANN001, ANN202
@@ -448,30 +459,6 @@ def _derangement_by_length(lengths: Sequence[int], generator: torch.Generator) -
         shift = int(torch.randint(1, len(members), (1,), generator=generator))
         donor[order] = order.roll(shift)
     return donor
-
-
-def faithfulness_curve(
-    runner: InterventionRunner, prompt_set: str, ranked_nodes: Sequence[NodeRef], sizes: Sequence[int]
-) -> list[dict[str, float]]:
-    """Faithfulness of the top-n circuits, and of their complements, for each n in ``sizes``."""
-    full = float(runner.sets[prompt_set].ld_clean.mean())
-    empty = runner.circuit_score(prompt_set, keep=[], ablate=None)
-    denominator = full - empty
-    rows = []
-    for size in sizes:
-        circuit = list(ranked_nodes[:size])
-        f_circuit = runner.circuit_score(prompt_set, keep=circuit, ablate=None)
-        f_complement = runner.circuit_score(prompt_set, keep=None, ablate=circuit)
-        rows.append({
-            "circuit_size": size,
-            "f_circuit": f_circuit,
-            "f_complement": f_complement,
-            "f_empty": empty,
-            "f_model": full,
-            "faithfulness": (f_circuit - empty) / denominator if abs(denominator) > 1e-9 else float("nan"),
-            "complement_faithfulness": (f_complement - empty) / denominator if abs(denominator) > 1e-9 else float("nan"),
-        })
-    return rows
 
 
 def plan_experiments(

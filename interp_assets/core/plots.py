@@ -65,53 +65,99 @@ def png_markdown(png: bytes, alt: str) -> str:
 
 
 def attribution_graph_figure(
-    nodes: Sequence[dict], edges: Sequence[dict], title: str, top_per_layer: int = 10,
+    nodes: Sequence[dict], edges: Sequence[dict], title: str, top_per_layer: int = 8, logit_label: str = "metric",
 ) -> bytes:
-    """The pruned graph's top nodes by layer (one row per layer, the strongest on the left):
-    area ∝ |attribution|, blue supports the behaviour, red opposes it, squares are SAE error terms,
-    labels read ``f<feature>@<offset>`` (offset −1 is the last token); edges between the drawn
-    nodes with opacity ∝ |weight|. ``nodes``: layer, offset, feature, attribution;
-    ``edges``: source_index, target_index, weight (indices into ``nodes``)."""
-    layers = sorted({n["layer"] for n in nodes})
+    """The graph as a reader scans it: token embeddings at the bottom, one row per key layer, the
+    logit node on top; in each row the strongest nodes by |attribution| (strongest left), area ∝
+    |attribution|, blue supports the behaviour and red opposes it; circles are SAE features,
+    squares SAE error terms, triangles token embeddings; labels are the nodes' clerps; edges
+    between drawn nodes with width and opacity ∝ |weight|, into the logit too. A legend says so.
+    ``nodes``: layer, offset, feature, attribution, kind ("embedding"/"feature"/"error"), label;
+    ``edges``: source_index, target_index (−1: the logit), weight (indices into ``nodes``)."""
+    from matplotlib.lines import Line2D
+
+    rows_of = sorted({n["layer"] for n in nodes})  # the embedding layer (−1) sorts first
     shown: dict[int, tuple[float, float]] = {}
-    for row, layer in enumerate(layers):
+    for row, layer in enumerate(rows_of):
         members = sorted((i for i, n in enumerate(nodes) if n["layer"] == layer), key=lambda i: -abs(nodes[i]["attribution"]))
         for column, index in enumerate(members[:top_per_layer]):
             shown[index] = (float(column), float(row))
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 1.3 * max(len(layers), 1)), dpi=100)
+    logit_xy = ((top_per_layer - 1) / 2, float(len(rows_of)))
+    fig, ax = plt.subplots(figsize=(11, 1.6 + 1.25 * (len(rows_of) + 1)), dpi=100)
     biggest = max((abs(nodes[i]["attribution"]) for i in shown), default=1.0) or 1.0
-    drawn_edges = [e for e in edges if e["source_index"] in shown and e["target_index"] in shown]
+    drawn_edges = [e for e in edges if e["source_index"] in shown and (e["target_index"] == -1 or e["target_index"] in shown)]
     heaviest = max((abs(e["weight"]) for e in drawn_edges), default=1.0) or 1.0
-    for e in drawn_edges:
-        (x0, y0), (x1, y1) = shown[e["source_index"]], shown[e["target_index"]]
+    for e in sorted(drawn_edges, key=lambda e: abs(e["weight"])):  # heaviest drawn last, on top
+        (x0, y0) = shown[e["source_index"]]
+        (x1, y1) = logit_xy if e["target_index"] == -1 else shown[e["target_index"]]
+        strength = abs(e["weight"]) / heaviest
         ax.plot([x0, x1], [y0, y1], color="tab:blue" if e["weight"] > 0 else "tab:red",
-                alpha=0.1 + 0.7 * abs(e["weight"]) / heaviest, linewidth=0.4 + 2.0 * abs(e["weight"]) / heaviest, zorder=1)
+                alpha=0.15 + 0.6 * strength, linewidth=0.3 + 4.0 * strength, zorder=1)
+    markers = {"embedding": "^", "error": "s", "feature": "o"}
     for index, (x, y) in shown.items():
         n = nodes[index]
-        ax.scatter([x], [y], s=30 + 500 * abs(n["attribution"]) / biggest, zorder=2,
-                   marker="s" if n["feature"] < 0 else "o",
-                   color="tab:blue" if n["attribution"] > 0 else "tab:red", edgecolors="black", linewidths=0.4)
-        label = ("err" if n["feature"] < 0 else f"f{n['feature']}") + f"@{n['offset']}"
-        ax.annotate(label, (x, y), xytext=(0, -14), textcoords="offset points", ha="center", fontsize=7)
-    ax.set_yticks(range(len(layers)), [f"layer {layer}" for layer in layers])
+        ax.scatter([x], [y], s=30 + 500 * abs(n["attribution"]) / biggest, zorder=2, marker=markers[n["kind"]],
+                   color="tab:blue" if n["attribution"] > 0 else "tab:red" if n["attribution"] < 0 else "lightgray",
+                   edgecolors="black", linewidths=0.4)
+        label = n["label"] if len(n["label"]) <= 18 else n["label"][:17] + "…"
+        ax.annotate(f"{label}\n@{n['offset']}", (x, y), xytext=(0, -16), textcoords="offset points", ha="center",
+                    va="top", fontsize=6)
+    ax.scatter([logit_xy[0]], [logit_xy[1]], s=400, marker="D", color="gold", edgecolors="black", zorder=2)
+    ax.annotate(logit_label, logit_xy, xytext=(0, 12), textcoords="offset points", ha="center", fontsize=8)
+    names = ["embeddings" if layer < 0 else f"layer {layer}" for layer in rows_of] + ["logit"]
+    ax.set_yticks(range(len(names)), names)
     ax.set_xticks([])
     ax.set_xlim(-0.6, top_per_layer - 0.4)
-    ax.set_ylim(-0.6, len(layers) - 0.4)
-    ax.set_xlabel(f"top {top_per_layer} nodes per layer by |attribution| (strongest left)", fontsize=8)
+    ax.set_ylim(-0.8, len(rows_of) + 0.6)
+    legend = [
+        Line2D([], [], marker="o", linestyle="", color="tab:blue", markeredgecolor="black", label="SAE feature (supports)"),
+        Line2D([], [], marker="o", linestyle="", color="tab:red", markeredgecolor="black", label="opposes the behaviour"),
+        Line2D([], [], marker="s", linestyle="", color="white", markeredgecolor="black", label="SAE error term"),
+        Line2D([], [], marker="^", linestyle="", color="white", markeredgecolor="black", label="token embedding"),
+        Line2D([], [], marker="D", linestyle="", color="gold", markeredgecolor="black", label="logit (metric)"),
+        Line2D([], [], color="gray", linewidth=3.0, label=f"edge, width ∝ |weight| (max {heaviest:.3g})"),
+    ]
+    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    ax.set_xlabel(f"top {top_per_layer} nodes per row by |attribution| (strongest left); area ∝ |attribution|; "
+                  "@k: position from the end", fontsize=8)
     ax.set_title(title, fontsize=10)
     return _png(fig)
 
 
 def faithfulness_figure(rows: Sequence[dict[str, float]], title: str) -> bytes:
-    """Faithfulness of the top-n circuit and of its complement against n."""
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    """Faithfulness of the top-n circuit (95 % bootstrap CI as error bars), completeness (1 − the
+    complement's faithfulness), and random circuits of the same size (mean ± 1 s.d. over draws),
+    against n; the denominator F(M) − F(∅) in logits is printed on the plot."""
+    import math
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     sizes = [r["circuit_size"] for r in rows]
-    ax.plot(sizes, [r["faithfulness"] for r in rows], marker="o", label="circuit C", color="tab:blue")
-    ax.plot(sizes, [r["complement_faithfulness"] for r in rows], marker="s", label="complement M∖C", color="tab:red")
+    faith = [r["faithfulness"] for r in rows]
+    ax.errorbar(sizes, faith, yerr=[[f - r["faithfulness_ci_low"] for f, r in zip(faith, rows, strict=True)],
+                                    [r["faithfulness_ci_high"] - f for f, r in zip(faith, rows, strict=True)]],
+                marker="o", capsize=3, label="circuit C: faithfulness (95 % CI)", color="tab:blue")
+    complete = [r["completeness"] for r in rows]
+    ax.errorbar(sizes, complete, yerr=[[c - r["completeness_ci_low"] for c, r in zip(complete, rows, strict=True)],
+                                       [r["completeness_ci_high"] - c for c, r in zip(complete, rows, strict=True)]],
+                marker="s", capsize=3, label="completeness 1 − F(M∖C) (95 % CI)", color="tab:green")
+    random_rows = [r for r in rows if not math.isnan(r["random_faithfulness_mean"])]
+    if random_rows:
+        mean = [r["random_faithfulness_mean"] for r in random_rows]
+        spread = [0.0 if math.isnan(r["random_faithfulness_std"]) else r["random_faithfulness_std"] for r in random_rows]
+        xs = [r["circuit_size"] for r in random_rows]
+        ax.plot(xs, mean, color="gray", linestyle="--", marker="x", label=f"random circuits, same size (mean ± s.d., "
+                                                               f"{int(random_rows[0]['random_draws'])} draws)")
+        ax.fill_between(xs, [m - s for m, s in zip(mean, spread, strict=True)],
+                        [m + s for m, s in zip(mean, spread, strict=True)], color="gray", alpha=0.25)
     ax.axhline(1.0, color="black", linewidth=0.6, linestyle=":")
     ax.axhline(0.0, color="black", linewidth=0.6)
+    if rows:
+        r = rows[0]
+        ax.text(0.02, 0.97, f"F(M) − F(∅) = {r['denominator']:.3g} logits "
+                            f"[{r['denominator_ci_low']:.3g}, {r['denominator_ci_high']:.3g}]",
+                transform=ax.transAxes, fontsize=8, va="top")
     ax.set_xlabel("nodes in circuit (by |attribution|)")
     ax.set_ylabel("(F − F(∅)) / (F(M) − F(∅))")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     return _png(fig)

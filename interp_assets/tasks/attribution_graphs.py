@@ -20,9 +20,9 @@ def task_attribution_graphs(ctx: TaskContext) -> TaskResult:
     """Phase 4: the pruned attribution graph of one behaviour over the key layers' SAE features."""
     import polars as pl
 
-    from interp_assets.core.attribution import (
-        AttributionSettings, attribution_graph, exact_patch_effects, graph_json, node_id, rank_agreement,
-    )
+    from interp_assets.core.attribution import LOGIT, AttributionSettings, attribution_graph
+    from interp_assets.core.attribution_checks import exact_patch_effects, rank_agreement
+    from interp_assets.core.graph_export import graph_json, logit_node_id, node_ids, upload_name
     from interp_assets.core.hooks import decoder_layers, transformer_lens_name
     from interp_assets.core.plots import attribution_graph_figure, png_markdown
 
@@ -45,53 +45,67 @@ def task_attribution_graphs(ctx: TaskContext) -> TaskResult:
     graph = attribution_graph(model, saes, pairs, config.activations.hook_point, settings, pad, log=ctx.log)
 
     # How good is the linear estimate? Patch the top features for real and compare.
-    features = sorted((n for n in graph.nodes if not n.is_error), key=lambda n: -abs(n.attribution))[:10]
+    features = sorted((n for n in graph.nodes if n.kind == "feature"), key=lambda n: -abs(n.attribution))[:10]
     exact = exact_patch_effects(model, saes, pairs, features, config.activations.hook_point, pad, settings.batch_size)
     agreement = rank_agreement([n.attribution for n in features], exact)
     ctx.log(f"attribution {behaviour}: top-{len(features)} features, sign agreement with exact patching "
             f"{agreement['sign_agreement']:.2f}, Spearman {agreement['spearman']:.2f}")
 
     width = graph.max_length
-    ids = [node_id(n, width) for n in graph.nodes]
-    exact_by_id = {node_id(n, width): e for n, e in zip(features, exact, strict=True)}
+    longest = max(range(len(pairs)), key=lambda i: len(pairs.clean[i]))
+    prompt_ids = list(pairs.clean[longest])
+    prompt_tokens = tokenizer.convert_ids_to_tokens(prompt_ids)
+    row = pairs.rows[longest]
+    target, foil = train["target"][row], train["foil"][row]
+    target_id = pairs.target_ids[longest]
+    n_model_layers = len(decoder_layers(model))
+    ids = node_ids(graph, prompt_ids)
+    logit_id = logit_node_id(graph, n_model_layers, target_id)
+    exact_by_node = {id(n): e for n, e in zip(features, exact, strict=True)}
     nodes_table = pl.DataFrame({
         "node_id": ids,
         "layer": [n.layer for n in graph.nodes],
         "offset": [n.offset for n in graph.nodes],
         "ctx_idx": [width + n.offset for n in graph.nodes],
         "feature": [n.feature for n in graph.nodes],
-        "feature_type": ["error" if n.is_error else "feature" for n in graph.nodes],
+        "feature_type": [n.kind for n in graph.nodes],
         "attribution": [n.attribution for n in graph.nodes],
+        "influence": graph.influence,
         "activation_clean": [n.activation_clean for n in graph.nodes],
         "activation_corrupted": [n.activation_corrupted for n in graph.nodes],
-        "exact_patch_effect": [exact_by_id.get(i) for i in ids],
-    }, schema_overrides={"exact_patch_effect": pl.Float64})
+        "exact_patch_effect": [exact_by_node.get(id(n)) for n in graph.nodes],
+    }, schema_overrides={"exact_patch_effect": pl.Float64, "influence": pl.Float64})
+    logit_layer = n_model_layers + 1
     edges_table = pl.DataFrame({
         "source": [ids[e.source] for e in graph.edges],
-        "target": [ids[e.target] for e in graph.edges],
+        "target": [logit_id if e.target == LOGIT else ids[e.target] for e in graph.edges],
         "weight": [e.weight for e in graph.edges],
         "source_layer": [graph.nodes[e.source].layer for e in graph.edges],
-        "target_layer": [graph.nodes[e.target].layer for e in graph.edges],
+        "target_layer": [logit_layer if e.target == LOGIT else graph.nodes[e.target].layer for e in graph.edges],
     }, schema={"source": pl.String, "target": pl.String, "weight": pl.Float64,
                "source_layer": pl.Int64, "target_layer": pl.Int64})
-    longest = max(range(len(pairs)), key=lambda i: len(pairs.clean[i])) if len(pairs) else 0
-    prompt_tokens = tokenizer.convert_ids_to_tokens(pairs.clean[longest]) if len(pairs) else []
-    target, foil = train["target"][pairs.rows[longest]], train["foil"][pairs.rows[longest]]
     hook_names = {layer: transformer_lens_name(config.activations.hook_point, layer) for layer in layers}
+    metric_label = f"logit({target!r}) − logit({foil!r})"
     document = graph_json(
-        graph, slug=f"{config.experiment.name}-{behaviour}", scan=config.model.name,
-        prompt=train["clean"][pairs.rows[longest]], prompt_tokens=prompt_tokens, hook_names=hook_names,
-        n_model_layers=len(decoder_layers(model)), metric_label=f"logit({target!r}) − logit({foil!r})",
+        graph, slug=upload_name(f"{config.experiment.name}-{behaviour}"), scan=upload_name(config.model.name),
+        prompt=train["clean"][row], prompt_tokens=prompt_tokens, prompt_token_ids=prompt_ids, target_token_id=target_id,
+        hook_names=hook_names, n_model_layers=n_model_layers, metric_label=metric_label,
     )
+    labels = {n["node_id"]: n["clerp"] for n in document["nodes"]}
     png = attribution_graph_figure(
-        [{"layer": n.layer, "offset": n.offset, "feature": n.feature, "attribution": n.attribution} for n in graph.nodes],
+        [{"layer": n.layer, "offset": n.offset, "feature": n.feature, "attribution": n.attribution,
+          "kind": n.kind, "label": labels[i]} for n, i in zip(graph.nodes, ids, strict=True)],
         [{"source_index": e.source, "target_index": e.target, "weight": e.weight} for e in graph.edges],
         f"{behaviour}: attribution graph ({len(graph.nodes)} nodes, {len(graph.edges)} edges)",
+        logit_label=metric_label,
     )
     summary = {
         "behaviour": behaviour, "key_layers": layers, "method": section.method, "n_prompts": graph.n_prompts,
         "n_pairs_left_out": pairs.n_unequal_length, "n_nodes": len(graph.nodes), "n_edges": len(graph.edges),
-        "n_feature_nodes": sum(not n.is_error for n in graph.nodes),
+        "n_feature_nodes": sum(n.kind == "feature" for n in graph.nodes),
+        "n_error_nodes": sum(n.kind == "error" for n in graph.nodes),
+        "n_embedding_nodes": sum(n.kind == "embedding" for n in graph.nodes),
+        "n_logit_edges": sum(e.target == LOGIT for e in graph.edges),
         "mean_logit_diff_clean": graph.mean_logit_diff_clean,
         "mean_logit_diff_corrupted": graph.mean_logit_diff_corrupted,
         "layer_totals": {str(k): v for k, v in graph.layer_totals.items()},
@@ -106,13 +120,14 @@ def task_attribution_graphs(ctx: TaskContext) -> TaskResult:
         (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         versions = {name: sha256_file(Path(tmp) / name) for name in ("nodes.parquet", "edges.parquet", "graph.json")}
         ctx.store.put_dir(relpath, tmp)
-    top = nodes_table.sort(pl.col("attribution").abs(), descending=True).head(10)
+    top = nodes_table.filter(pl.col("feature_type") != "embedding").sort(pl.col("attribution").abs(), descending=True).head(10)
     return TaskResult(
         metadata={
             "path": ctx.store.url(relpath),
             "n_nodes": len(graph.nodes),
             "n_feature_nodes": summary["n_feature_nodes"],
             "n_edges": len(graph.edges),
+            "n_logit_edges": summary["n_logit_edges"],
             "n_prompts": graph.n_prompts,
             "key_layers": {"raw_value": layers, "type": "json"},
             "method": section.method,

@@ -41,7 +41,8 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
     run resumes where it stopped; then the faithfulness curve of the graph's circuits."""
     import polars as pl
 
-    from interp_assets.core.interventions import InterventionRunner, faithfulness_curve, plan_experiments, summarise
+    from interp_assets.core.circuit_stats import faithfulness_table
+    from interp_assets.core.interventions import InterventionRunner, plan_experiments, summarise
     from interp_assets.core.plots import faithfulness_figure, png_markdown
 
     config, section = ctx.config, ctx.config.interventions
@@ -50,7 +51,9 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
     graph_relpath = attribution_relpath(config, behaviour)
     if not store.is_complete_dir(graph_relpath):
         raise RuntimeError(f"no attribution graph at {store.url(graph_relpath)}: materialize attribution_graphs first")
-    nodes = store.read_parquet(f"{graph_relpath}/nodes.parquet").sort(pl.col("attribution").abs(), descending=True)
+    nodes = (store.read_parquet(f"{graph_relpath}/nodes.parquet")
+             .filter(pl.col("feature_type").is_in(["feature", "error"]))  # key-layer nodes: circuits hold these
+             .sort(pl.col("attribution").abs(), descending=True))
     ranked_all = [(r["layer"], r["offset"], r["feature"]) for r in nodes.iter_rows(named=True)]
     ranked_features = [node for node in ranked_all if node[2] >= 0]
     layers = sorted(config.activations.layers)
@@ -102,7 +105,8 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
             "prompt_set": experiment.prompt_set, "layer": experiment.layer, "position": experiment.offset,
             "group": experiment.group, "n_nodes": len(experiment.nodes), "samples": experiment.samples,
             "nodes": json.dumps([list(node) for node in experiment.nodes]),
-            **summarise(experiment.id, result.ld, result.kl, ld_clean, ld_corrupt, section.bootstrap_samples),
+            **summarise(experiment.id, result.ld, result.kl, ld_clean, ld_corrupt, section.bootstrap_samples,
+                        delta_from="corrupted" if experiment.prompt_set == "patching" else "clean"),
         }
         done[experiment.id] = row
         buffer.append(row)
@@ -113,7 +117,8 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
 
     table = pl.DataFrame([done[e.id] for e in experiments], schema=_experiment_schema())
     sizes = sorted({0, *(round(len(ranked_all) * k / section.ablation_groups) for k in range(1, section.ablation_groups + 1))})
-    curve = pl.DataFrame(faithfulness_curve(runner, "test", ranked_all, sizes))
+    curve = pl.DataFrame(faithfulness_table(runner, "test", ranked_all, sizes, section.bootstrap_samples,
+                                            section.random_circuit_draws, behaviour))
     png = faithfulness_figure(curve.to_dicts(), f"{behaviour}: faithfulness vs circuit size")
     relpath = interventions_relpath(config, behaviour)
     with tempfile.TemporaryDirectory(prefix="interventions-") as tmp:
@@ -142,9 +147,19 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
             "control_patch_nothing_recovery": recovery("activation_patching/control_nothing"),
             "control_patch_everything_recovery": recovery("activation_patching/control_everything"),
             "best_patching_sites": table_metadata(best, {"layer": int, "position": int, "recovery": float,
-                                                         "recovery_ci_low": float, "recovery_ci_high": float}),
+                                                         "recovery_ci_low": float, "recovery_ci_high": float,
+                                                         "delta_ld": float, "delta_ld_ci_low": float,
+                                                         "delta_ld_ci_high": float}),
             "faithfulness_full_graph": full_circuit["faithfulness"],
+            "faithfulness_full_graph_ci": {"raw_value": [full_circuit["faithfulness_ci_low"],
+                                                         full_circuit["faithfulness_ci_high"]], "type": "json"},
+            "completeness_full_graph": full_circuit["completeness"],
             "complement_faithfulness_full_graph": full_circuit["complement_faithfulness"],
+            "random_circuit_faithfulness_full_size": full_circuit["random_faithfulness_mean"],
+            "faithfulness_denominator": full_circuit["denominator"],
+            "faithfulness_denominator_ci": {"raw_value": [full_circuit["denominator_ci_low"],
+                                                          full_circuit["denominator_ci_high"]], "type": "json"},
+            "min_faithfulness_denominator": section.min_faithfulness_denominator,
             "faithfulness_by_size": {"raw_value": dict(zip(curve["circuit_size"].to_list(),
                                                            curve["faithfulness"].to_list(), strict=True)), "type": "json"},
             "faithfulness_curve": md(png_markdown(png, f"{behaviour} faithfulness")),
@@ -162,6 +177,7 @@ def _experiment_schema() -> dict[str, Any]:
         pl.String: ("experiment_id", "family", "variant", "prompt_set", "nodes"),
         pl.Int64: ("layer", "position", "group", "n_nodes", "samples", "n_prompts"),
         pl.Float64: ("ld_clean", "ld_corrupted", "ld_patched", "ld_patched_ci_low", "ld_patched_ci_high", "recovery",
-                     "recovery_ci_low", "recovery_ci_high", "kl_to_clean"),
+                     "recovery_ci_low", "recovery_ci_high", "delta_ld", "delta_ld_ci_low", "delta_ld_ci_high",
+                     "kl_to_clean"),
     }
     return {name: dtype for dtype, names in columns.items() for name in names}
