@@ -22,7 +22,7 @@ EXPECTED_GRAPH = {
     "activations": ("layer", {"language_model", "prompts"}),
     "saes": ("layer", {"activations", "language_model"}),
     "feature_dashboards": ("layer", {"saes", "language_model"}),
-    "attribution_graphs": ("behaviour", {"saes", "prompts", "baselines", "language_model"}),
+    "attribution_graphs": ("behaviour", {"saes", "feature_dashboards", "prompts", "baselines", "language_model"}),
     "interventions": ("behaviour", {"attribution_graphs", "saes", "prompts", "language_model"}),
     "resource_plan": (None, set()),
 }

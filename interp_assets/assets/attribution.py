@@ -41,6 +41,8 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         partitions_def=behaviour_partitions(config),
         deps=[
             dg.AssetDep("saes", partition_mapping=dg.AllPartitionMapping()),
+            # Each feature node's clerp is its dashboard's label (top tokens in and out).
+            dg.AssetDep("feature_dashboards", partition_mapping=dg.AllPartitionMapping()),
             "prompts",
             "baselines",
             "language_model",

@@ -23,6 +23,12 @@ def task_activations(ctx: TaskContext) -> TaskResult:
 
     config, section = ctx.config, ctx.config.activations
     layers = sorted(int(key) for key in ctx.partition_keys)
+    model, tokenizer = load_model(ctx)
+    # Read and packed before anything else: a corpus that cannot fill its budget fails here.
+    train_windows = corpus_windows(config, tokenizer, held_out=False)
+    corpus = corpus_record(config)
+    ctx.log(f"corpus: {train_windows.shape[0]} training windows of {config.corpus.seq_len} tokens "
+            f"({config.corpus.source}, held-out documents excluded)")
     prompt_tables = [ctx.store.read_parquet(prompts_relpath(b)) for b in config.prompts.behaviours]
     prompts = pl.concat(prompt_tables)
     prompt_texts = prompts["clean"].to_list() + prompts["corrupted"].to_list()
@@ -31,12 +37,6 @@ def task_activations(ctx: TaskContext) -> TaskResult:
         for variant in ("clean", "corrupted")
         for pid, beh in zip(prompts["id"].to_list(), prompts["behaviour"].to_list(), strict=True)
     ]
-    model, tokenizer = load_model(ctx)
-    # Read and packed before anything is written: a corpus that cannot fill its budget fails here.
-    train_windows = corpus_windows(config, tokenizer, held_out=False)
-    corpus = corpus_record(config)
-    ctx.log(f"corpus: {train_windows.shape[0]} training windows of {config.corpus.seq_len} tokens "
-            f"({config.corpus.source}, held-out documents excluded)")
     sources = [
         CaptureSource("corpus", train_windows, skip_first_positions=config.corpus.exclude_first_positions),
         CaptureSource("prompts", prompt_texts, last_n_tokens=section.last_n_tokens),

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from interp_assets.artifacts import attribution_relpath, prompts_relpath
+from interp_assets.artifacts import attribution_relpath, dashboards_relpath, prompts_relpath
 from interp_assets.tasks.common import (
     TaskContext, TaskResult, combined_version, key_layers, load_model, load_saes, md, prompt_pairs,
     table_metadata,
@@ -90,6 +91,7 @@ def task_attribution_graphs(ctx: TaskContext) -> TaskResult:
         graph, slug=upload_name(f"{config.experiment.name}-{behaviour}"), scan=upload_name(config.model.name),
         prompt=train["clean"][row], prompt_tokens=prompt_tokens, prompt_token_ids=prompt_ids, target_token_id=target_id,
         hook_names=hook_names, n_model_layers=n_model_layers, metric_label=metric_label,
+        feature_label=dashboard_labels(ctx, graph),
     )
     labels = {n["node_id"]: n["clerp"] for n in document["nodes"]}
     png = attribution_graph_figure(
@@ -142,3 +144,21 @@ def task_attribution_graphs(ctx: TaskContext) -> TaskResult:
         },
         data_version=combined_version(versions),
     )
+
+
+def dashboard_labels(ctx: TaskContext, graph) -> Any:  # noqa: ANN001
+    """Each feature node's ``clerp``: its latent's dashboard label (core.dashboards.feature_label,
+    the tokens it fires on → the tokens it promotes), read from the layer's ``latents.parquet``."""
+    from interp_assets.core.graph_export import labels_from
+
+    mapping = {}
+    for layer in sorted({n.layer for n in graph.nodes if n.kind == "feature"}):
+        relpath = f"{dashboards_relpath(ctx.config, layer)}/latents.parquet"
+        if not ctx.store.exists(relpath):
+            raise RuntimeError(f"layer {layer}: no feature dashboards at {ctx.store.url(relpath)}: "
+                               "materialize feature_dashboards first (graph nodes are labelled from them)")
+        latents = ctx.store.read_parquet(relpath)
+        wanted = {n.feature for n in graph.nodes if n.kind == "feature" and n.layer == layer}
+        for row in latents.filter(latents["latent"].is_in(sorted(wanted))).iter_rows(named=True):
+            mapping[(layer, int(row["latent"]))] = row["label"]
+    return labels_from(mapping)
