@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from interp_assets.core.hooks import hooked
+from interp_assets.core.progress import Progress, tracked
 from interp_assets.core.prompt_pairs import PairBatch, PromptPairs, logit_diff, run_logits
 from interp_assets.core.sae import SparseAutoencoder
 
@@ -182,6 +183,7 @@ def _node_sums(
     settings: AttributionSettings,
     device: torch.device,
     pad_token_id: int,
+    progress: Progress | None = None,
 ) -> tuple[dict[int, _LayerSums], float, float]:
     layers = sorted(saes)
     width = pairs.max_length
@@ -197,7 +199,7 @@ def _node_sums(
         for layer in layers
     }
     ld_clean_total = ld_corrupt_total = 0.0
-    for batch in pairs.batches(settings.batch_size, device, pad_token_id):
+    for batch in tracked(pairs.batches(settings.batch_size, device, pad_token_id), progress):
         corrupt, ld_corrupt = _corrupted_activations(model, batch, layers, hook_point)
         clean, leaves, ld = _clean_pass_with_grad(model, batch, layers, hook_point)
         ld_clean_total += float(ld.detach().sum())
@@ -263,6 +265,7 @@ def _edges(
     settings: AttributionSettings,
     device: torch.device,
     pad_token_id: int,
+    progress: Progress | None = None,
 ) -> list[Edge]:
     layers = sorted(saes)
     by_layer: dict[int, list[int]] = {layer: [] for layer in layers}
@@ -270,7 +273,7 @@ def _edges(
         by_layer[node.layer].append(index)
     weights: dict[tuple[int, int], float] = {}
     n = len(pairs)
-    for batch in pairs.batches(settings.batch_size, device, pad_token_id):
+    for batch in tracked(pairs.batches(settings.batch_size, device, pad_token_id), progress):
         corrupt, _ = _corrupted_activations(model, batch, layers, hook_point)
         clean, leaves, ld = _clean_pass_with_grad(model, batch, layers, hook_point)
         grads = dict(zip(layers, torch.autograd.grad(ld.sum(), [leaves[l] for l in layers], retain_graph=True), strict=True))
@@ -339,7 +342,9 @@ def attribution_graph(
     device = next(model.parameters()).device
     saes = {layer: sae.to(device).float().eval().requires_grad_(False) for layer, sae in saes.items()}
     n, width = len(pairs), pairs.max_length
-    sums, ld_clean, ld_corrupt = _node_sums(model, saes, pairs, hook_point, settings, device, pad_token_id)
+    n_batches = -(-n // settings.batch_size)
+    sums, ld_clean, ld_corrupt = _node_sums(model, saes, pairs, hook_point, settings, device, pad_token_id,
+                                            Progress(n_batches, log, label="attribution: nodes", unit="batch"))
     totals = {
         layer: {
             "feature_attribution": float(acc.feature_attr.sum()) / n,
@@ -351,7 +356,8 @@ def attribution_graph(
     nodes = _select_nodes(sums, n, width, settings)
     del sums
     log(f"attribution: {len(nodes)} nodes kept over layers {sorted(saes)} from {n} prompt pairs")
-    edges = _edges(model, saes, pairs, nodes, hook_point, settings, device, pad_token_id)
+    edges = _edges(model, saes, pairs, nodes, hook_point, settings, device, pad_token_id,
+                   Progress(n_batches, log, label="attribution: edges", unit="batch"))
     log(f"attribution: {len(edges)} edges kept (|w| ≥ {settings.edge_threshold})")
     return AttributionGraph(
         nodes=nodes,
