@@ -9,7 +9,11 @@ everything downstream as Unsynced, and ``prompts``/``baselines``/``activations``
 The ``rematerialize_stale`` automation sensor (declarative automation, on by default, interval
 in config) relaunches an asset's partitions when its code version changed (a config edit, after
 the code location reloads), when an upstream's data version changed, or when a partition newly
-appeared (a layer added to the list), and only once nothing upstream is missing or running.
+appeared (a layer added to the list), and only once nothing upstream is missing, running, or
+about to be launched on the same tick. That last rule is what makes a chain relaunch in
+dependency order: after an ``sae.*`` edit the sensor launches ``saes``; once they are written
+(new data version) it launches ``attribution_graphs``, and once the graphs are written,
+``interventions`` — never a phase beside the upstream run whose output it is about to read.
 Layer partitions are launched as one backfill, which the single-run backfill policy turns into
 one run. Every run carries the study's tags (paper-id, researcher, model, commit-sha).
 """
@@ -23,9 +27,7 @@ import dagster as dg
 from interp_assets.config import ExperimentConfig
 from interp_assets.provenance import git_commit
 
-# The circuit phases are relaunched by hand for now: a researcher decides when a new set of SAEs is
-# worth new graphs and intervention tables (automating them is the lab-instance issue's work).
-NOT_AUTOMATED = {"attribution_graphs", "interventions", "resource_plan"}
+NOT_AUTOMATED = {"resource_plan"}
 """resource_plan: a view of the config for planning, materialized when someone wants to read it."""
 
 
@@ -38,6 +40,8 @@ def rematerialize_when_stale() -> dg.AutomationCondition:
         ).since_last_handled()
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.any_deps_in_progress()
+        # A dep requested on this same tick is a run that has not written yet: wait for its bytes.
+        & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
         & ~dg.AutomationCondition.in_progress()
     ).with_label("rematerialize_when_stale")
 
@@ -54,17 +58,18 @@ def run_tags(config: ExperimentConfig) -> dict[str, str]:
 
 
 def not_automated(config: ExperimentConfig) -> set[str]:
-    """Assets the sensor leaves alone. With ``sae.data_source: stream`` nothing needs the stored
+    """Assets the sensor leaves alone: every phase is automated except what the config makes
+    unnecessary. With ``sae.data_source: stream`` nothing needs the stored
     ``activations`` (hundreds of GB per study at 3B widths): it can still be materialized by
     hand, but is never launched because it is missing."""
-    return NOT_AUTOMATED | ({"activations"} if config.sae.data_source == "stream" else set())
+    return {"activations"} if config.sae.data_source == "stream" else set()
 
 
-def with_automation(assets: list[dg.AssetsDefinition], skip: set[str] = NOT_AUTOMATED) -> list[dg.AssetsDefinition]:
+def with_automation(assets: list[dg.AssetsDefinition], skip: set[str] | None = None) -> list[dg.AssetsDefinition]:
     condition = rematerialize_when_stale()
 
     def add_condition(spec: dg.AssetSpec) -> dg.AssetSpec:
-        if spec.key.to_user_string() in skip:
+        if spec.key.to_user_string() in (skip or set()):
             return spec
         return spec.replace_attributes(automation_condition=condition)
 

@@ -21,7 +21,9 @@ from neuronpedia_schema import neuronpedia_graph_problems
 
 from interp_assets.config import ExperimentConfig, load_config
 from interp_assets.definitions import build_definitions
-from interp_assets.artifacts import activations_relpath, sae_checkpoint_relpath, saes_relpath, tiny_model_relpath
+from interp_assets.artifacts import (
+    activations_relpath, baselines_relpath, sae_checkpoint_relpath, saes_relpath, tiny_model_relpath,
+)
 from resources.storage import ArtifactStore, sha256_file
 
 pytestmark = pytest.mark.slow
@@ -619,3 +621,41 @@ def test_every_partition_keeps_the_data_version_recorded_on_main(study: Study) -
         RECORDED_DATA_VERSIONS.write_text(json.dumps(versions, indent=2, sort_keys=True) + "\n")
     recorded = json.loads(RECORDED_DATA_VERSIONS.read_text())
     assert versions == recorded
+
+
+def test_the_example_notebook_runs_in_a_real_kernel_against_the_study(study: Study, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/study.ipynb executed by nbclient in an ipykernel, opening this module's study
+    through $INTERP_ASSETS_CONFIG: every cell runs, and what it reads is what was materialized."""
+    import importlib.util
+    import os
+
+    import nbclient
+    import nbformat
+
+    for behaviour in study.config.prompts.behaviours:
+        assert _circuits(study, behaviour).success
+    notebook = nbformat.read(Path(__file__).resolve().parent.parent / "examples" / "study.ipynb", as_version=4)
+    monkeypatch.setenv("INTERP_ASSETS_CONFIG", str(study.config_path))
+    # The kernel imports this checkout (PYTHONPATH), as the test process does.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                      os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    nbclient.NotebookClient(notebook, kernel_name="python3", timeout=300,
+                            resources={"metadata": {"path": str(study.config_path.parent)}}).execute()
+
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    summary = json.loads(printed.strip().splitlines()[-1])
+    layer = str(summary["layer"])
+    assert summary["explained_variance"] == pytest.approx(study.latest("saes", layer).metadata["explained_variance"].value)
+    graph = study.latest("attribution_graphs", "ioi").metadata
+    assert (summary["n_nodes"], summary["n_edges"]) == (graph["n_nodes"].value, graph["n_edges"].value)
+    assert summary["n_experiments"] == study.latest("interventions", "ioi").metadata["n_experiments"].value
+    assert summary["n_baselines"] == sum(study.store.read_parquet(baselines_relpath(b)).height
+                                         for b in study.config.prompts.behaviours)
+    # A SAELens SAE where sae_lens is installed, the project's own class where it is not.
+    expected = "sae_lens" if importlib.util.find_spec("sae_lens") else "interp_assets.core.sae SparseAutoencoder"
+    assert expected in printed, printed
+    # The tables and the graph picture came back as rich outputs (HTML frames, a PNG).
+    assert any("text/html" in o.get("data", {}) for o in outputs)
+    assert any("image/png" in o.get("data", {}) for o in outputs)

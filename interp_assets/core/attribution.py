@@ -46,6 +46,7 @@ import torch
 
 from interp_assets.core.hooks import hooked
 from interp_assets.core.influence import node_influence
+from interp_assets.core.progress import Progress, tracked
 from interp_assets.core.prompt_pairs import PairBatch, PromptPairs, logit_diff, run_logits
 from interp_assets.core.sae import SparseAutoencoder
 
@@ -210,6 +211,7 @@ def _node_sums(
     settings: AttributionSettings,
     device: torch.device,
     pad_token_id: int,
+    progress: Progress | None = None,
 ) -> tuple[dict[int, _LayerSums], float, float]:
     layers = sorted(saes)
     width = pairs.max_length
@@ -225,7 +227,7 @@ def _node_sums(
         for layer in layers
     }
     ld_clean_total = ld_corrupt_total = 0.0
-    for batch in pairs.batches(settings.batch_size, device, pad_token_id):
+    for batch in tracked(pairs.batches(settings.batch_size, device, pad_token_id), progress):
         corrupt, ld_corrupt = corrupted_activations(model, batch, layers, hook_point)
         clean, leaves, ld = _clean_pass_with_grad(model, batch, layers, hook_point)
         ld_clean_total += float(ld.detach().sum())
@@ -343,6 +345,7 @@ def _edge_sums(
     settings: AttributionSettings,
     device: torch.device,
     pad_token_id: int,
+    progress: Progress | None = None,
 ) -> tuple[dict[tuple[int, int], float], dict[int, float]]:
     """Summed over prompts: {(source, target or LOGIT): weight} for every kept source upstream of
     every kept target, and the embedding nodes' attributions {node index: Σ Δe · ∂m/∂e}.
@@ -367,7 +370,7 @@ def _edge_sums(
         for source, value in zip(sources.indices, sources.contributions(gradient).tolist(), strict=True):
             weights[(source, target)] = weights.get((source, target), 0.0) + value
 
-    for batch in pairs.batches(settings.batch_size, device, pad_token_id):
+    for batch in tracked(pairs.batches(settings.batch_size, device, pad_token_id), progress):
         corrupt, _ = corrupted_activations(model, batch, layers, hook_point)
         corrupt[EMBEDDING_LAYER] = _corrupted_embeddings(model, batch)
         clean, total_leaves, ld = _spliced_pass(model, batch, layers, hook_point, direct=False)
@@ -489,7 +492,9 @@ def attribution_graph(
     device = next(model.parameters()).device
     saes = {layer: sae.to(device).float().eval().requires_grad_(False) for layer, sae in saes.items()}
     n, width = len(pairs), pairs.max_length
-    sums, ld_clean, ld_corrupt = _node_sums(model, saes, pairs, hook_point, settings, device, pad_token_id)
+    n_batches = -(-n // settings.batch_size)
+    sums, ld_clean, ld_corrupt = _node_sums(model, saes, pairs, hook_point, settings, device, pad_token_id,
+                                            Progress(n_batches, log, label="attribution: nodes", unit="batch"))
     totals = {
         layer: {
             "feature_attribution": float(acc.feature_attr.sum()) / n,
@@ -504,7 +509,8 @@ def attribution_graph(
     embeddings = [Node(EMBEDDING_LAYER, offset, EMBEDDING_FEATURE, 0.0, 0.0, 0.0) for offset in range(-width, 0)]
     nodes = embeddings + selected
     log(f"attribution: {len(selected)} nodes kept over layers {sorted(saes)} from {n} prompt pairs")
-    sums_by_edge, embedding_attr = _edge_sums(model, saes, pairs, nodes, hook_point, settings, device, pad_token_id)
+    sums_by_edge, embedding_attr = _edge_sums(model, saes, pairs, nodes, hook_point, settings, device, pad_token_id,
+                                              Progress(n_batches, log, label="attribution: edges", unit="batch"))
     nodes = [replace(node, attribution=embedding_attr.get(i, 0.0) / n) if node.layer == EMBEDDING_LAYER else node
              for i, node in enumerate(nodes)]
     edges = [Edge(s, t, w / n) for (s, t), w in sorted(sums_by_edge.items()) if abs(w / n) >= settings.edge_threshold]

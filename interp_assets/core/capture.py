@@ -20,6 +20,7 @@ import torch
 
 from interp_assets.core.hooks import forward_until_recorded, recording
 from interp_assets.core.modeling import tokenize_batches
+from interp_assets.core.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -180,12 +181,13 @@ def capture_activations(
             writer.submit(lambda buffer=buffer, index=index, shard=shard:
                           buffer.shards.append(write_shard(layer, source, index, shard)))
 
-    total_tokens, started, last_log = 0, time.perf_counter(), time.perf_counter()
+    total_tokens, started = 0, time.perf_counter()
     n_batches = sum(-(-len(source.texts) // batch_size) for source in sources)
     done_batches = 0
     if resume_from is not None:
         done_batches = sum(-(-len(source.texts) // batch_size) for source in sources[: start.source]) + start.batch
         log(f"capture: resuming at batch {done_batches}/{n_batches} from the last checkpoint")
+    meter = Progress(n_batches, log, label="capture", unit="batch", every_s=log_every_s, start=done_batches)
     try:
         with recording(model, layers, hook_point, stop_after_deepest=True) as records:
             for source_index, source in enumerate(sources):
@@ -228,12 +230,8 @@ def capture_activations(
                     total_tokens += int(batch.attention_mask.sum())
                     done_batches += 1
                     now = time.perf_counter()
-                    if now - last_log >= log_every_s or done_batches == n_batches:
-                        last_log = now
-                        log(
-                            f"capture: batch {done_batches}/{n_batches}, {total_tokens} tokens, "
-                            f"{total_tokens / max(now - started, 1e-9):.0f} tokens/s, {len(layers)} layers in one pass"
-                        )
+                    meter.update(done_batches, f"{total_tokens} tokens, {total_tokens / max(now - started, 1e-9):.0f} "
+                                               f"tokens/s, {len(layers)} layers in one pass")
                 for layer in layers:
                     flush(layer, source.name, final=True)
                 progress(source_index + 1, 0, 0)

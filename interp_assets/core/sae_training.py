@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from interp_assets.core.progress import Progress
 from interp_assets.core.sae import SaeSpec, SparseAutoencoder, decoder_norm_weighted_l1, explained_variance
 from interp_assets.core.sae_data import DataPosition, ShuffledBatches
 
@@ -275,6 +276,8 @@ def train_sae(
         sae.initialize(generator, data_mean=(sample.mean(dim=0) * scale.cpu()).to(device))
         torch.manual_seed(config.seed)
     resumed_from = step
+    # Every log interval is logged (the curve's points); the progress line adds % and ETA to it.
+    progress = Progress(config.steps, log, start=resumed_from)
 
     # ---- the loop ------------------------------------------------------------------------
     started, window_start = time.perf_counter(), time.perf_counter()
@@ -312,10 +315,12 @@ def train_sae(
             )
             window_start = now
             history.append(record)
-            log(
-                f"step {step}/{config.steps} loss {record['losses/overall']:.4g} "
+            progress.update(
+                step,
+                f"loss {record['losses/overall']:.4g} "
                 f"R² {record['metrics/explained_variance']:.3f} L0 {record['metrics/l0']:.1f} "
-                f"dead {record['sparsity/dead_fraction']:.3f} {record['perf/steps_per_s']:.1f} steps/s"
+                f"dead {record['sparsity/dead_fraction']:.3f} {record['perf/steps_per_s']:.1f} steps/s",
+                force=True,
             )
         if (step % config.checkpoint_every == 0 or checkpoint_requested()) and step < config.steps:
             save_checkpoint(

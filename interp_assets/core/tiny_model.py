@@ -40,6 +40,7 @@ from interp_assets.core.behaviours import (
     generate_corpus,
     generate_prompts,
 )
+from interp_assets.core.progress import Progress
 
 # Qwen2's pre-tokenizer regex, verbatim from transformers' Qwen2Tokenizer: our tokenizer must split
 # text exactly as the class that AutoTokenizer will rebuild from vocab.json + merges.txt.
@@ -274,6 +275,7 @@ def build_tiny_model(
     t_last, tokens_since, steps_since = t0, 0, 0
     loss_sum = torch.zeros(())  # summed without .item() so the loop never waits on a sync
     final_loss = float("nan")
+    progress = Progress(spec.train_steps, log)
     for step in range(spec.train_steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, spec)
@@ -299,8 +301,8 @@ def build_tiny_model(
             # Mean over the steps since the last line: one batch's loss is too noisy to compare.
             final_loss = loss_sum.item() / steps_since
             now = time.perf_counter()
-            log(f"step {step + 1}/{spec.train_steps} loss {final_loss:.4f} "
-                f"lr {_lr_at(step, spec):.2e} {tokens_since / (now - t_last):.0f} tok/s")
+            progress.update(step + 1, f"loss {final_loss:.4f} lr {_lr_at(step, spec):.2e} "
+                                      f"{tokens_since / (now - t_last):.0f} tok/s", force=True)
             t_last, tokens_since, steps_since = now, 0, 0
             loss_sum.zero_()
     train_seconds = time.perf_counter() - t0

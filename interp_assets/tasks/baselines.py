@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from interp_assets.artifacts import baselines_relpath, prompts_relpath
+from interp_assets.core.progress import Progress
 from interp_assets.tasks.common import TaskContext, TaskResult, load_model, md
 
 
@@ -28,7 +29,8 @@ def task_baselines(ctx: TaskContext) -> TaskResult:
             prompts["target"].to_list(),
             prompts["foil"].to_list(),
             batch_size,
-            progress=lambda done, total, v=variant: ctx.log(f"baselines {behaviour}/{v}: {done}/{total} prompts"),
+            progress=lambda done, total, meter=Progress(len(prompts), ctx.log, label=f"baselines {behaviour}/{variant}",
+                                                        unit="prompt"): meter.update(done),
         )
         columns[f"{variant}_logit_diff"] = scores.logit_diff.numpy()
         columns[f"{variant}_p_target"] = scores.p_target.numpy()

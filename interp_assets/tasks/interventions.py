@@ -12,6 +12,7 @@ from typing import Any
 from interp_assets.artifacts import (
     attribution_relpath, interventions_checkpoint_relpath, interventions_relpath, prompts_relpath, saes_relpath,
 )
+from interp_assets.core.progress import Progress
 from interp_assets.tasks.common import (
     TaskContext, TaskResult, combined_version, key_layers, load_model, load_saes, md, prompt_pairs,
     table_metadata,
@@ -97,6 +98,8 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
             next_part += 1
             buffer.clear()
 
+    progress = Progress(len(experiments), ctx.log, label=f"interventions {behaviour}", unit="experiment",
+                        start=len(experiments) - len(pending))
     for count, experiment in enumerate(pending, start=1):
         result = runner.run(experiment)
         ld_clean, ld_corrupt = runner.baseline(experiment.prompt_set)
@@ -112,7 +115,7 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
         buffer.append(row)
         if len(buffer) >= section.checkpoint_every:
             flush()
-            ctx.log(f"interventions {behaviour}: {count}/{len(pending)} computed")
+        progress.update(len(experiments) - len(pending) + count)
     flush()
 
     table = pl.DataFrame([done[e.id] for e in experiments], schema=_experiment_schema())
