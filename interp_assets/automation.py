@@ -31,17 +31,26 @@ NOT_AUTOMATED = {"resource_plan"}
 """resource_plan: a view of the config for planning, materialized when someone wants to read it."""
 
 
+def _due() -> dg.AutomationCondition:
+    """New code (a config edit), new upstream bytes, or a new partition, not yet acted on."""
+    return (
+        dg.AutomationCondition.code_version_changed()
+        | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+        | dg.AutomationCondition.newly_missing()
+    ).since_last_handled()
+
+
 def rematerialize_when_stale() -> dg.AutomationCondition:
     return (
-        (
-            dg.AutomationCondition.code_version_changed()
-            | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
-            | dg.AutomationCondition.newly_missing()
-        ).since_last_handled()
+        _due()
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.any_deps_in_progress()
         # A dep requested on this same tick is a run that has not written yet: wait for its bytes.
         & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
+        # ... and so is a dep that is itself due: will_be_requested does not see a layer backfill
+        # from a behaviour-partitioned asset (graphs would start beside their dashboards and keep
+        # the old labels), so wait for what is due upstream to be handled first.
+        & ~dg.AutomationCondition.any_deps_match(_due())
         & ~dg.AutomationCondition.in_progress()
     ).with_label("rematerialize_when_stale")
 
@@ -61,15 +70,15 @@ def not_automated(config: ExperimentConfig) -> set[str]:
     """Assets the sensor leaves alone: every phase is automated except what the config makes
     unnecessary. With ``sae.data_source: stream`` nothing needs the stored
     ``activations`` (hundreds of GB per study at 3B widths): it can still be materialized by
-    hand, but is never launched because it is missing."""
-    return {"activations"} if config.sae.data_source == "stream" else set()
+    hand, but is never launched because it is missing. ``NOT_AUTOMATED`` is never launched."""
+    return NOT_AUTOMATED | ({"activations"} if config.sae.data_source == "stream" else set())
 
 
-def with_automation(assets: list[dg.AssetsDefinition], skip: set[str] | None = None) -> list[dg.AssetsDefinition]:
+def with_automation(assets: list[dg.AssetsDefinition], skip: set[str] = NOT_AUTOMATED) -> list[dg.AssetsDefinition]:
     condition = rematerialize_when_stale()
 
     def add_condition(spec: dg.AssetSpec) -> dg.AssetSpec:
-        if spec.key.to_user_string() in (skip or set()):
+        if spec.key.to_user_string() in skip:
             return spec
         return spec.replace_attributes(automation_condition=condition)
 

@@ -20,7 +20,8 @@ from helpers import write_config
 from interp_assets.config import load_config
 from interp_assets.definitions import build_definitions
 
-ASSETS = ("language_model", "prompts", "baselines", "activations", "saes", "attribution_graphs", "interventions")
+ASSETS = ("language_model", "prompts", "baselines", "activations", "saes", "feature_dashboards", "attribution_graphs",
+          "interventions")
 
 
 class Sensor:
@@ -95,15 +96,19 @@ def test_an_attribution_edit_relaunches_graphs_then_interventions_and_nothing_el
     assert sensor.tick() == {}
 
 
-def test_an_sae_edit_relaunches_saes_then_graphs_then_interventions(sensor: Sensor) -> None:
+def test_an_sae_edit_relaunches_saes_then_dashboards_then_graphs_then_interventions(sensor: Sensor) -> None:
     behaviours = set(sensor.config.prompts.behaviours)
     sensor.reload({"sae": {"l1_coefficient": sensor.config.sae.l1_coefficient * 2}})
     assert sensor.tick() == {"saes": set(sensor.config.layer_keys)}
     assert sensor.tick() == {}
     sensor.finish("saes")
-    # The graphs read every layer's SAE; interventions read the graphs, so they are not launched
-    # beside them on this tick even though the SAEs they also read are already new (once the graphs'
-    # run is under way, Dagster's any_deps_in_progress holds them until it ends).
+    # The graphs read every layer's SAE and its dashboard (node labels); the dashboards go first,
+    # and the graphs wait for their new bytes.
+    assert sensor.tick() == {"feature_dashboards": set(sensor.config.layer_keys)}
+    sensor.finish("feature_dashboards")
+    # Interventions read the graphs, so they are not launched beside them on this tick even though
+    # the SAEs they also read are already new (once the graphs' run is under way, Dagster's
+    # any_deps_in_progress holds them until it ends).
     assert sensor.tick() == {"attribution_graphs": behaviours}
     sensor.finish("attribution_graphs")
     assert sensor.tick() == {"interventions": behaviours}
@@ -112,9 +117,12 @@ def test_an_sae_edit_relaunches_saes_then_graphs_then_interventions(sensor: Sens
 
 
 def test_one_relaunched_layer_relaunches_every_graph(sensor: Sensor) -> None:
-    """A graph reads all the layers' SAEs: new bytes for one layer make every behaviour's graph stale."""
+    """A graph reads all the layers' SAEs: new bytes for one layer make that layer's dashboard and
+    then every behaviour's graph stale."""
     layer = sensor.config.layer_keys[0]
     sensor.finish("saes", {layer})
+    assert sensor.tick() == {"feature_dashboards": {layer}}
+    sensor.finish("feature_dashboards", {layer})
     assert sensor.tick() == {"attribution_graphs": set(sensor.config.prompts.behaviours)}
 
 

@@ -289,7 +289,11 @@ def test_a_corpus_too_small_for_its_budget_fails_before_anything_is_written(tmp_
                                     tags={"dagster/asset_partition_range_start": "1",
                                           "dagster/asset_partition_range_end": "2"})
             assert not result.success
-            logs = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
+            # The worker's exception, as the UI shows it on the run's event log.
+            logs = "\n".join(entry.dagster_event.engine_event_data.error.message
+                             for entry in instance.all_logs(result.run_id)
+                             if entry.dagster_event and entry.dagster_event.is_engine_event
+                             and entry.dagster_event.engine_event_data.error)
         assert "corpus.max_tokens: the training documents of" in logs and "lower corpus.max_tokens or add text" in logs
         storage = Path(config.storage.root)
         assert not (storage / "activations").exists() or not list((storage / "activations").rglob("manifest.json"))
