@@ -7,7 +7,7 @@ tokens/s against the model's forward pass, which it must never hold back.
 The corpus is written to a temp folder: documents of ~150 words made of the tiny study's generated
 sentences. The tokenizer is the tiny model's byte-level BPE (built by README command 1, or
 ``--tokenizer DIR``; Qwen's own is not on this machine). Each reading runs in a child process
-(``ru_maxrss`` of each) and streams every training window of the whole corpus through the
+(its own VmHWM) and streams every training window of the whole corpus through the
 pipeline's own functions (``split_documents`` → ``tokenized`` → ``pack_windows``), counting them.
 The forward pass is a random-weight Qwen2 at Qwen2.5-3B's widths (hidden 2048, MLP 11008, full
 151,936 vocabulary) with 1 and 2 decoder layers, extrapolated to 36: tokens/s of a full forward.
@@ -57,6 +57,15 @@ def write_corpus(folder: Path, source: str, megabytes: float) -> Path:
     return path
 
 
+def peak_rss_mb() -> float:
+    """This process's own high-water mark (VmHWM): unlike ru_maxrss it starts afresh at exec, so
+    the parent's memory (which wrote the corpus) is not counted."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def child_read(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
 
@@ -64,15 +73,14 @@ def child_read(args: argparse.Namespace) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or default_tokenizer_dir(), local_files_only=True)
     spec = CorpusSpec(source=args.source, path=args.path, seq_len=args.seq_len, held_out_fraction=0.05)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = peak_rss_mb()
     started = time.perf_counter()
     windows = sum(1 for _ in pack_windows(tokenized(tokenizer, split_documents(spec, False)), spec.seq_len,
                                           end_of_text_id(tokenizer)))
     seconds = time.perf_counter() - started
     return {"windows": windows, "tokens": windows * spec.seq_len, "seconds": round(seconds, 3),
             "tokens_per_s": round(windows * spec.seq_len / seconds), "file_bytes": Path(args.path).stat().st_size,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "rss_after_imports_mb": round(rss_before / 1024, 1)}
+            "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": rss_before}
 
 
 def forward_tokens_per_s(seq_len: int, batch: int) -> dict:

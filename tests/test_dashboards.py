@@ -171,8 +171,16 @@ def test_layer_json_has_the_neuronpedia_feature_fields_and_labels_read_well(tiny
     assert sum(histogram["counts"]) + histogram["dead"] == sae.spec.d_sae
 
 
-def test_too_many_dashboard_texts_is_a_clear_error(tiny, tmp_path: Path) -> None:  # noqa: ANN001
+def test_dashboards_read_the_held_out_windows_and_no_training_window(tiny, tmp_path: Path) -> None:  # noqa: ANN001
+    from interp_assets.tasks.common import corpus_windows
+
     _, _, tokenizer, _ = tiny
     config = load_config(write_config(tmp_path, {"dashboards": {"n_texts": 5000}}))
-    with pytest.raises(ValueError, match=r"dashboards.n_texts is 5000 but the corpus has 5000 documents"):
-        dashboard_windows(config, tokenizer)
+    text = dashboard_windows(config, tokenizer)
+    held = corpus_windows(config, tokenizer, held_out=True)
+    assert text.n_windows == len(held) < 5000  # "at most n_texts": all the held-out windows there are
+    ids = torch.cat([batch_ids for batch_ids, _ in text.batches])
+    mask = torch.cat([batch_mask for _, batch_mask in text.batches]).bool()
+    assert torch.equal(mask, held >= 0) and torch.equal(ids[mask], held[held >= 0].long())
+    trained = {tuple(row[row >= 0].tolist()) for row in corpus_windows(config, tokenizer, held_out=False)}
+    assert not trained & {tuple(row[row >= 0].tolist()) for row in held}
