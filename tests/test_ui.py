@@ -76,10 +76,10 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.set_default_timeout(30_000)
 
-    # 1. The asset graph (Lineage) draws the eight assets as nodes (HTML in SVG foreignObject).
+    # 1. The asset graph (Lineage) draws the nine assets as nodes (HTML in SVG foreignObject).
     page.goto(f"{dev.url}/asset-groups")
     nodes = page.locator("svg foreignObject")
-    expect(nodes).to_have_count(8)
+    expect(nodes).to_have_count(9)
     drawn = {text.strip() for text in nodes.all_text_contents()}
     assert drawn == {"language_model", "prompts", "baselines", "activations", "saes", "feature_dashboards",
                      "attribution_graphs", "interventions", "resource_plan"}, drawn
