@@ -23,20 +23,9 @@ def task_language_model(ctx: TaskContext) -> TaskResult:
 
     spec = config.model.tiny_spec.spec()
     relpath = tiny_model_relpath(config)
-    if ctx.store.is_complete_dir(relpath):
-        # The folder name is the hash of the spec, and the build is deterministic: a complete
-        # folder is exactly what a rebuild would produce, so it is reused (and re-hashed).
-        ctx.log(f"tiny model {ctx.store.url(relpath)} already built for this spec: reusing it")
-        local = ctx.store.local_dir(relpath)
-        summary = ctx.store.read_json(f"{relpath}/build_summary.json")
-    else:
-        with tempfile.TemporaryDirectory(prefix="tiny-model-") as tmp:
-            summary = build_tiny_model(spec, tmp, log=ctx.log)
-            (Path(tmp) / "build_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-            ctx.store.put_dir(relpath, tmp)
-        local = ctx.store.local_dir(relpath)
-    files = {p.name: sha256_file(p) for p in sorted(local.iterdir()) if p.is_file() and p.name not in {"_COMPLETE"}}
-    files.pop("build_summary.json", None)  # wall-clock figures: not part of the model's identity
+    # The folder name is the hash of the spec, and the build is deterministic: a complete folder is
+    # exactly what a rebuild would produce, so it is reused (and re-hashed).
+    files, summary = _built(ctx, relpath, "tiny model", lambda tmp: build_tiny_model(spec, tmp, log=ctx.log))
     return TaskResult(
         metadata={
             "path": ctx.store.url(relpath),
@@ -57,16 +46,8 @@ def _build_random(ctx: TaskContext) -> TaskResult:
 
     section = ctx.config.model.random
     relpath = tiny_model_relpath(ctx.config)
-    if ctx.store.is_complete_dir(relpath):
-        ctx.log(f"random model {ctx.store.url(relpath)} already built for this spec: reusing it")
-    else:
-        with tempfile.TemporaryDirectory(prefix="random-model-") as tmp:
-            summary = build_random_model(RandomModelSpec(**section.model_dump()), tmp, ctx.config.model.dtype, log=ctx.log)
-            (Path(tmp) / "build_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-            ctx.store.put_dir(relpath, tmp)
-    local = ctx.store.local_dir(relpath)
-    files = {p.name: sha256_file(p) for p in sorted(local.iterdir()) if p.is_file() and p.name not in {"_COMPLETE"}}
-    files.pop("build_summary.json", None)
+    files, _ = _built(ctx, relpath, "random model", lambda tmp: build_random_model(
+        RandomModelSpec(**section.model_dump()), tmp, ctx.config.model.dtype, log=ctx.log))
     return TaskResult(
         metadata={
             "path": ctx.store.url(relpath),
@@ -109,3 +90,21 @@ def _fingerprint_pretrained(ctx: TaskContext) -> TaskResult:
         },
         data_version=combined_version({"card": json.dumps(card, sort_keys=True)}),
     )
+
+
+def _built(ctx: TaskContext, relpath: str, what: str, build) -> tuple[dict[str, str], dict]:  # noqa: ANN001
+    """Build a model folder once (``build(tmp) -> summary``) or reuse the complete one; returns its
+    files' sha256 (the data version's parts; the summary's wall-clock figures are not the model's
+    identity) and the build summary."""
+    if ctx.store.is_complete_dir(relpath):
+        ctx.log(f"{what} {ctx.store.url(relpath)} already built for this spec: reusing it")
+        summary = ctx.store.read_json(f"{relpath}/build_summary.json")
+    else:
+        with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+            summary = build(tmp)
+            (Path(tmp) / "build_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+            ctx.store.put_dir(relpath, tmp)
+    local = ctx.store.local_dir(relpath)
+    files = {p.name: sha256_file(p) for p in sorted(local.iterdir())
+             if p.is_file() and p.name not in {"_COMPLETE", "build_summary.json"}}
+    return files, summary
