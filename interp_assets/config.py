@@ -435,6 +435,10 @@ class DashboardsSection(_Section):
     """Windows per forward pass (memory: batch × seq_len × d_sae floats of SAE activations)."""
     features_in_ui: int = Field(default=10, ge=1, le=1000)
     """Features of each layer shown with their contexts in the asset's metadata."""
+    logit_latents: int | None = Field(default=None, ge=1)
+    """Promoted/suppressed token tables for only this many latents, those that fire most on the
+    text (null: every latent). The tables cost d_sae × d_model × vocab multiply-adds per layer
+    (27 TFLOP at Qwen2.5-3B's widths): seconds on a GPU, minutes per layer on a CPU."""
 
 
 class AutomationSection(_Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import write_config
@@ -16,7 +17,7 @@ from helpers import write_config
 from interp_assets.artifacts import tiny_model_relpath
 from interp_assets.config import load_config
 from interp_assets.core.dashboards import (
-    NEURONPEDIA_FEATURE_FIELDS, DashboardSettings, TopContexts, _stable_top_k, collect_top_contexts, context_rows,
+    ACTIVATION_HISTOGRAM_EDGES, LOGIT_HISTOGRAM_BINS, NEURONPEDIA_FEATURE_FIELDS, DashboardSettings, TopContexts, _stable_top_k, collect_top_contexts, context_rows,
     decoder_logit_effects, density_histogram, feature_label, final_norm_weight, latent_rows, neuronpedia_batch,
 )
 from interp_assets.core.hooks import forward_until_recorded, hook_module, recording
@@ -97,6 +98,10 @@ def test_top_contexts_are_exactly_the_brute_force_top_activations(tiny) -> None:
                     assert int(state.context_tokens[latent, rank, slot]) == -1
         if kept:
             assert state.activation_sum[latent].item() == pytest.approx(column.double().sum().item(), rel=1e-9)
+        # Its histogram of firing activations: numpy's over the same log10 edges, outer bins open.
+        firing = column[column > 0].log10().numpy()
+        edges = np.array([-np.inf, *ACTIVATION_HISTOGRAM_EDGES[1:-1], np.inf])
+        assert state.activation_histogram[latent].tolist() == np.histogram(firing, bins=edges)[0].tolist(), latent
     assert n_ties > 0, "the generated corpus repeats sentence openings: some top-k must hold ties"
 
 
@@ -118,7 +123,8 @@ def test_state_size_is_d_sae_by_k_whatever_the_number_of_tokens(tiny) -> None:  
     assert large.n_tokens == 4 * sum(int(mask.sum()) for _, mask in batches) > 4 * small.n_tokens
     d_sae, k, width = sae.spec.d_sae, SETTINGS.top_k, SETTINGS.context_width
     expected = {"values": (d_sae, k), "window": (d_sae, k), "position": (d_sae, k), "context_tokens": (d_sae, k, width),
-                "context_acts": (d_sae, k, width), "fire_count": (d_sae,), "activation_sum": (d_sae,)}
+                "context_acts": (d_sae, k, width), "fire_count": (d_sae,), "activation_sum": (d_sae,),
+                "activation_histogram": (d_sae, len(ACTIVATION_HISTOGRAM_EDGES) - 1)}
     assert small.state_shapes() == large.state_shapes() == expected
 
 
@@ -138,7 +144,18 @@ def test_logit_tables_follow_the_decoder_through_down_proj_norm_and_unembedding(
         assert tables["promoted_ids"][latent].tolist() == top.indices.tolist()
         assert tables["suppressed_ids"][latent].tolist() == bottom.indices.tolist()
         torch.testing.assert_close(tables["promoted_logits"][latent], top.values, rtol=1e-5, atol=1e-5)
+        # The histogram of the effect over the vocabulary: numpy's, up to a value on a bin edge.
+        heights, edges = np.histogram(logits.double().numpy(), bins=LOGIT_HISTOGRAM_BINS)
+        assert int(tables["histogram_heights"][latent].sum()) == unembed.shape[0]
+        assert np.abs(tables["histogram_heights"][latent].numpy() - heights).sum() <= 2
+        np.testing.assert_allclose(tables["histogram_values"][latent].numpy(), (edges[:-1] + edges[1:]) / 2,
+                                   rtol=1e-4, atol=1e-4)
     assert (tables["promoted_logits"][:, 0] > tables["suppressed_logits"][:, 0]).all()
+    # dashboards.logit_latents: the same tables for the chosen latents only, the others marked empty.
+    some = decoder_logit_effects(model, sae, LAYER, HOOK, SETTINGS, latents=torch.tensor([17, 3, 17]))
+    assert some["has_logits"].nonzero().flatten().tolist() == [3, 17] and tables["has_logits"].all()
+    for key in ("promoted_ids", "suppressed_ids", "histogram_heights"):
+        assert torch.equal(some[key][[3, 17]], tables[key][[3, 17]]) and not some[key][0].any(), key
 
 
 def test_layer_json_has_the_neuronpedia_feature_fields_and_labels_read_well(tiny) -> None:  # noqa: ANN001
@@ -161,6 +178,11 @@ def test_layer_json_has_the_neuronpedia_feature_fields_and_labels_read_well(tiny
     assert set(top) == {"bin_min", "bin_max", "bin_contains", "tokens", "values"}
     assert len(top["tokens"]) == len(top["values"]) and max(top["values"]) == top["bin_max"]
     assert 0 < firing["frac_nonzero"] <= 1
+    assert sum(firing["freq_hist_data_bar_heights"]) == latents[firing["feature_index"]]["n_firing"]
+    assert firing["freq_hist_data_bar_values"] == sorted(firing["freq_hist_data_bar_values"])
+    assert all(height > 0 for height in firing["freq_hist_data_bar_heights"])
+    assert sum(firing["logits_hist_data_bar_heights"]) == model.get_output_embeddings().weight.shape[0]
+    assert len(firing["logits_hist_data_bar_values"]) == LOGIT_HISTOGRAM_BINS
     row = latents[firing["feature_index"]]
     label = feature_label(row)
     assert label.startswith(repr(row["top_activating_tokens"][0])) and repr(row["promoted_tokens"][0]) in label

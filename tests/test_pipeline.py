@@ -235,6 +235,7 @@ def test_feature_dashboards_for_all_layers_in_one_run(study: Study) -> None:
         table = md["features"].value.splitlines()
         assert table[0].startswith("| latent | label |") and len(table) == 2 + section.features_in_ui
         assert "**[" in table[2]  # the max-activating token is marked
+        assert md["density_plot"].value.startswith("![")
         relpath = dashboards_relpath(study.config, int(key))
         latents = study.store.read_parquet(f"{relpath}/latents.parquet")
         contexts = study.store.read_parquet(f"{relpath}/contexts.parquet")
@@ -294,6 +295,16 @@ def test_attribution_graph_and_interventions_materialize_with_passing_checks(stu
     # Links skip layers (2 → 4) and every key layer reaches the logit directly.
     layer_pairs = set(edges.select("source_layer", "target_layer").unique().iter_rows())
     assert {(2, 4), (2, logit_layer), (3, logit_layer), (4, logit_layer)} <= layer_pairs
+    # The UI shows the features the graph relies on most, each with its dashboard.
+    from interp_assets.tasks.feature_dashboards import _cell
+
+    most = nodes.filter(pl.col("feature_type") == "feature").sort("influence", descending=True).row(0, named=True)
+    used = graph["features_used_most"].value
+    latents = study.store.read_parquet(f"dashboards/{study.config.activations.hook_point}/layer_{most['layer']:03d}/latents.parquet")
+    label = latents.filter(pl.col("latent") == most["feature"])["label"].item()
+    section = used.split(f"**layer {most['layer']}**")[1].split("**layer")[0]
+    row = next(line for line in section.splitlines() if line.startswith(f"| {most['feature']} |"))
+    assert _cell(label) in row
     document = study.store.read_json(f"{folder}/graph.json")
     assert set(document) == {"metadata", "qParams", "nodes", "links"}
     assert neuronpedia_graph_problems(document) == []

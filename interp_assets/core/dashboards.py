@@ -3,12 +3,14 @@
 For every latent of one layer's SAE, over a stream of evaluation token windows:
   - its top-k activating contexts, each a window of tokens around the max-activating token with
     that latent's activation on every token of the window;
-  - its activation density (fraction of real tokens where it fires, i.e. activation > 0), and
-    its mean (over firing tokens) and max activation;
+  - its activation density (fraction of real tokens where it fires, i.e. activation > 0), its
+    mean (over firing tokens) and max activation, and the histogram of its firing activations
+    (log-spaced bins fixed before the pass, since the max is known only at its end);
   - the output tokens its decoder direction promotes and suppresses: the direct logit effect
     W_U · (γ ⊙ d), where d is ``W_dec[latent]`` carried into the residual stream (for ``mlp_post``
     through ``down_proj``) and γ is the final norm's weight, the linear stand-in for the norm that
-    SAEDashboard and Neuronpedia use for their logit tables.
+    SAEDashboard and Neuronpedia use for their logit tables, with the histogram of that effect over
+    the whole vocabulary.
 
 Memory is O(d_sae × k × context), never O(tokens): the top-k state is a fixed set of tensors
 updated batch by batch (``TopContexts``), and the per-batch work is one [tokens, d_sae] matrix.
@@ -35,6 +37,13 @@ _FINAL_NORM_PATHS = ("model.norm", "model.language_model.norm", "language_model.
 DENSITY_HISTOGRAM_EDGES = tuple(x / 2 for x in range(-20, 1))
 """log10(density) bin edges of the per-layer histogram over latents: 1e-10 … 1 in half decades
 (a latent firing on every token has log10 density 0); dead latents are counted apart."""
+
+ACTIVATION_HISTOGRAM_EDGES = tuple(x / 8 for x in range(-32, 25))
+"""log10(activation) bin edges of each latent's histogram of firing activations: 1e-4 … 1e3 in
+eighth decades (56 bins; activations outside fall in the first or last bin)."""
+
+LOGIT_HISTOGRAM_BINS = 40
+"""Equal-width bins between a latent's least and greatest logit effect over the vocabulary."""
 
 Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 """Token ids [batch, seq] (every position real), or (token ids, attention mask) for padded windows:
@@ -76,12 +85,16 @@ class TopContexts:
         self.context_acts = torch.zeros((d_sae, k, width), device=device)
         self.fire_count = torch.zeros(d_sae, dtype=torch.long, device=device)
         self.activation_sum = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.activation_histogram = torch.zeros((d_sae, len(ACTIVATION_HISTOGRAM_EDGES) - 1), dtype=torch.long,
+                                                device=device)
+        self._inner_edges = torch.tensor(ACTIVATION_HISTOGRAM_EDGES[1:-1], device=device)
         self.n_tokens = 0
         self.n_windows = 0
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: tuple(getattr(self, name).shape) for name in
-                ("values", "window", "position", "context_tokens", "context_acts", "fire_count", "activation_sum")}
+                ("values", "window", "position", "context_tokens", "context_acts", "fire_count", "activation_sum",
+                 "activation_histogram")}
 
     @torch.no_grad()
     def update(self, acts: torch.Tensor, token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> None:
@@ -94,6 +107,10 @@ class TopContexts:
         self.fire_count += firing.sum(dim=0)
         self.activation_sum += flat.sum(dim=0, dtype=torch.float64)
         self.n_tokens += int(real.sum())
+        rows, latents = firing.nonzero(as_tuple=True)
+        bins = torch.bucketize(flat[rows, latents].log10(), self._inner_edges, right=True)
+        n_bins = self.activation_histogram.shape[1]
+        self.activation_histogram.view(-1).index_add_(0, latents * n_bins + bins, torch.ones_like(bins))
 
         values, index = _stable_top_k(flat, min(self.settings.top_k, B * T))  # [d_sae, kk], stream order on ties
         values = values.masked_fill(values <= 0, -math.inf)  # only firing tokens are contexts
@@ -198,10 +215,16 @@ def final_norm_weight(model) -> torch.Tensor:  # noqa: ANN001
 
 @torch.no_grad()
 def decoder_logit_effects(model, sae: SparseAutoencoder, layer: int, hook_point: str,  # noqa: ANN001
-                          settings: DashboardSettings) -> dict[str, torch.Tensor]:
+                          settings: DashboardSettings, latents: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Top and bottom ``n_logit_tokens`` of W_U · (γ ⊙ d) per latent: ``promoted_ids``,
     ``promoted_logits``, ``suppressed_ids``, ``suppressed_logits`` ([d_sae, n] each, suppressed
-    most negative first). Computed ``logit_chunk`` latents at a time: never [d_sae, vocab]."""
+    most negative first), and the histogram of the effect over the whole vocabulary:
+    ``histogram_heights`` (counts) and ``histogram_values`` (bin centres), [d_sae,
+    LOGIT_HISTOGRAM_BINS] each. Computed ``logit_chunk`` latents at a time: never [d_sae, vocab].
+    ``latents`` (indices) limits the tables to those latents: the others' rows are zeros and
+    ``has_logits`` ([d_sae] bool) says which rows hold a table. The cost is d_sae × d_model ×
+    vocab multiply-adds (27 TFLOP for a 44,032-latent SAE of Qwen2.5-3B): seconds on a GPU,
+    minutes on a CPU."""
     device = next(model.parameters()).device
     unembed = model.get_output_embeddings().weight.float()  # [vocab, d_model]
     gamma = final_norm_weight(model).float()  # [d_model]
@@ -209,8 +232,11 @@ def decoder_logit_effects(model, sae: SparseAutoencoder, layer: int, hook_point:
     into_residual = hook_module(model, layer, hook_point).weight.float() if point.side == "input" else None
     n = min(settings.n_logit_tokens, unembed.shape[0])
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in
-                                           ("promoted_ids", "promoted_logits", "suppressed_ids", "suppressed_logits")}
-    W_dec = sae.W_dec.detach()
+                                           ("promoted_ids", "promoted_logits", "suppressed_ids", "suppressed_logits",
+                                            "histogram_heights", "histogram_values")}
+    d_sae = sae.W_dec.shape[0]
+    chosen = torch.arange(d_sae) if latents is None else torch.as_tensor(latents, dtype=torch.long).unique()
+    W_dec = sae.W_dec.detach()[chosen]
     for start in range(0, W_dec.shape[0], settings.logit_chunk):
         direction = W_dec[start : start + settings.logit_chunk].to(device).float()  # [c, d_in]
         if into_residual is not None:  # mlp_post: d_mlp → d_model through down_proj (its bias is no direction)
@@ -222,7 +248,36 @@ def decoder_logit_effects(model, sae: SparseAutoencoder, layer: int, hook_point:
         parts["promoted_logits"].append(top.values.cpu())
         parts["suppressed_ids"].append(bottom.indices.cpu())
         parts["suppressed_logits"].append(bottom.values.cpu())
-    return {key: torch.cat(chunks) for key, chunks in parts.items()}
+        heights, centres = _row_histograms(logits, LOGIT_HISTOGRAM_BINS)
+        parts["histogram_heights"].append(heights.cpu())
+        parts["histogram_values"].append(centres.cpu())
+    tables = {}
+    for key, chunks in parts.items():
+        rows = torch.cat(chunks) if chunks else torch.zeros((0, n if "histogram" not in key else LOGIT_HISTOGRAM_BINS))
+        full = torch.zeros((d_sae, rows.shape[1]), dtype=rows.dtype)
+        full[chosen] = rows
+        tables[key] = full
+    tables["has_logits"] = torch.zeros(d_sae, dtype=torch.bool)
+    tables["has_logits"][chosen] = True
+    return tables
+
+
+def _row_histograms(values: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``values [rows, n]``: counts in ``n_bins`` equal bins from the row's min to its
+    max (the max in the last bin, as numpy.histogram does) and the bins' centres."""
+    low, high = values.min(dim=1, keepdim=True).values, values.max(dim=1, keepdim=True).values
+    width = (high - low).clamp_min(torch.finfo(values.dtype).tiny) / n_bins
+    index = ((values - low) / width).long().clamp_(0, n_bins - 1)
+    heights = torch.zeros((values.shape[0], n_bins), dtype=torch.long, device=values.device)
+    heights.scatter_add_(1, index, torch.ones_like(index))
+    centres = low + width * (torch.arange(n_bins, device=values.device) + 0.5)
+    return heights, centres
+
+
+def activation_histogram_centres() -> list[float]:
+    """The geometric centre of each bin of ``ACTIVATION_HISTOGRAM_EDGES``."""
+    edges = ACTIVATION_HISTOGRAM_EDGES
+    return [10 ** ((low + high) / 2) for low, high in zip(edges, edges[1:])]
 
 
 def density_histogram(fire_count: Sequence[int], n_tokens: int) -> dict[str, Any]:
@@ -250,6 +305,9 @@ def latent_rows(state: TopContexts, logits: dict[str, torch.Tensor], decode: Cal
     max_tokens = state.context_tokens[:, :, state.settings.context_before].cpu().tolist()
     promoted, promoted_logits = logits["promoted_ids"].tolist(), logits["promoted_logits"].tolist()
     suppressed, suppressed_logits = logits["suppressed_ids"].tolist(), logits["suppressed_logits"].tolist()
+    activation_heights = state.activation_histogram.cpu().tolist()
+    logit_heights, logit_values = logits["histogram_heights"].tolist(), logits["histogram_values"].tolist()
+    has_logits = logits["has_logits"].tolist()
     rows = []
     for latent, fired in enumerate(counts):
         top = [token for token, where in zip(max_tokens[latent], positions[latent], strict=True) if where >= 0]
@@ -261,40 +319,57 @@ def latent_rows(state: TopContexts, logits: dict[str, torch.Tensor], decode: Cal
             "max_activation": max_values[latent] if fired else 0.0,
             "n_contexts": len(top),
             "top_activating_tokens": list(dict.fromkeys(decode(token) for token in top)),
-            "promoted_tokens": [decode(token) for token in promoted[latent]],
-            "promoted_logits": promoted_logits[latent],
-            "suppressed_tokens": [decode(token) for token in suppressed[latent]],
-            "suppressed_logits": suppressed_logits[latent],
+            "activation_histogram": activation_heights[latent],
+            **({"promoted_tokens": [decode(token) for token in promoted[latent]],
+                "promoted_logits": promoted_logits[latent],
+                "suppressed_tokens": [decode(token) for token in suppressed[latent]],
+                "suppressed_logits": suppressed_logits[latent],
+                "logit_histogram_heights": logit_heights[latent],
+                "logit_histogram_values": logit_values[latent]} if has_logits[latent] else
+               {"promoted_tokens": [], "promoted_logits": [], "suppressed_tokens": [], "suppressed_logits": [],
+                "logit_histogram_heights": [], "logit_histogram_values": []}),
         })
         rows[-1]["label"] = feature_label(rows[-1])
     return rows
 
 
-def context_rows(state: TopContexts, decode: Callable[[int], str]) -> list[dict[str, Any]]:
-    """One record per (latent, rank) kept: the context's tokens and activations, cropped to the
-    window's real tokens, and the index of the max-activating token inside it."""
-    values, windows, positions = state.values.cpu().tolist(), state.window.cpu().tolist(), state.position.cpu().tolist()
-    tokens, acts = state.context_tokens.cpu().tolist(), state.context_acts.cpu().tolist()
-    before = state.settings.context_before
-    rows = []
-    for latent, ranks in enumerate(positions):
-        for rank, position in enumerate(ranks):
-            if position < 0:
-                break  # empty slots come last
-            ids = tokens[latent][rank]
-            inside = [i for i, token in enumerate(ids) if token >= 0]
-            first, last = inside[0], inside[-1] + 1
-            rows.append({
-                "latent": latent,
-                "rank": rank,
-                "activation": values[latent][rank],
-                "window": windows[latent][rank],
-                "position": position,
-                "max_token_index": before - first,
-                "token_ids": ids[first:last],
-                "tokens": [decode(token) for token in ids[first:last]],
-                "activations": acts[latent][rank][first:last],
-            })
+def context_rows(state: TopContexts, decode: Callable[[int], str]) -> dict[str, list[Any]]:
+    """The kept contexts as columns (one entry per (latent, rank), latents ascending, ranks
+    ascending): the context's tokens and activations cropped to the window's real tokens, the index
+    of the max-activating token inside it, and ``rounded``: the activations to 3 decimals, as the
+    Neuronpedia JSON stores them. Built from the state's tensors in bulk: a 44,032-latent SAE keeps
+    ~880k contexts, too many for a Python loop per context."""
+    valid = state.position >= 0  # empty slots come last in each latent's row
+    latent, rank = valid.nonzero(as_tuple=True)
+    tokens = state.context_tokens[latent, rank].cpu()  # [n, width]
+    acts = state.context_acts[latent, rank].cpu()
+    inside = tokens >= 0
+    width = tokens.shape[1]
+    first = inside.int().argmax(dim=1)  # every kept context holds its max token, so one is inside
+    last = width - inside.flip(1).int().argmax(dim=1)
+    spans = list(zip(first.tolist(), last.tolist(), strict=True))
+    vocabulary = {token: decode(token) for token in tokens[inside].unique().tolist()}
+    token_ids = [row[a:b] for row, (a, b) in zip(tokens.tolist(), spans, strict=True)]
+    return {
+        "latent": latent.tolist(),
+        "rank": rank.tolist(),
+        "activation": state.values[latent, rank].tolist(),
+        "window": state.window[latent, rank].tolist(),
+        "position": state.position[latent, rank].tolist(),
+        "max_token_index": (state.settings.context_before - first).tolist(),
+        "token_ids": token_ids,
+        "tokens": [[vocabulary[token] for token in row] for row in token_ids],
+        "activations": [row[a:b] for row, (a, b) in zip(acts.tolist(), spans, strict=True)],
+        "rounded": [row[a:b] for row, (a, b) in zip(torch.round(acts.double(), decimals=3).tolist(), spans, strict=True)],
+    }
+
+
+def contexts_by_latent(contexts: dict[str, list[Any]]) -> dict[int, list[int]]:
+    """Row indices of each latent's contexts in ``context_rows``' columns, in rank order."""
+    latents, ranks = contexts["latent"], contexts["rank"]
+    rows: dict[int, list[int]] = {}
+    for index in sorted(range(len(latents)), key=lambda i: (latents[i], ranks[i])):
+        rows.setdefault(latents[index], []).append(index)
     return rows
 
 
@@ -307,7 +382,9 @@ def feature_label(dashboard_row: dict[str, Any], max_tokens: int = 3, max_chars:
 
     if not dashboard_row.get("n_firing"):
         return "dead"
-    label = f"{show(dashboard_row['top_activating_tokens'])} → {show(dashboard_row['promoted_tokens'])}"
+    label = show(dashboard_row["top_activating_tokens"])
+    if dashboard_row["promoted_tokens"]:  # no logit table: dashboards.logit_latents left it out
+        label += f" → {show(dashboard_row['promoted_tokens'])}"
     return label if len(label) <= max_chars else label[: max_chars - 1] + "…"
 
 
@@ -326,21 +403,25 @@ batch files its NeuronpediaRunner writes and Neuronpedia imports. Its constructo
 these keys, so a feature with any other key would not load with that class."""
 
 
-def neuronpedia_batch(latents: Sequence[dict[str, Any]], contexts: Sequence[dict[str, Any]], *, model_id: str,
+def neuronpedia_batch(latents: Sequence[dict[str, Any]], contexts: dict[str, list[Any]], *, model_id: str,
                       layer: int, sae_set: str, n_prompts_total: int, n_tokens_in_prompt: int,
                       dataset: str) -> dict[str, Any]:
     """The layer's dashboards as ONE SAEDashboard / Neuronpedia batch document:
     ``{model_id, layer, sae_set, features: [...]}`` with every key of
-    ``NEURONPEDIA_FEATURE_FIELDS`` per feature. What we do not compute (neuron alignment,
-    correlations, per-feature activation and logit histograms, decoder weight distribution) is an
-    empty list, as SAEDashboard writes it when a component is switched off. Each top context is a
+    ``NEURONPEDIA_FEATURE_FIELDS`` per feature. The activation histogram (``freq_hist_*``) is
+    over log-spaced bins (its ``bar_values`` their geometric centres, empty bins left out), the
+    logit histogram (``logits_hist_*``) over equal bins of the vocabulary's effects, as
+    SAEDashboard gives bar heights and bin centres. What we do not compute (neuron alignment,
+    correlations, decoder weight distribution) is an empty list, as SAEDashboard writes it when a
+    component is switched off. Each top context is a
     ``TOP ACTIVATIONS`` entry: ``bin_min`` −1, ``bin_max`` the latent's max activation,
     ``bin_contains`` −1 (what SAEDashboard's converter gives that group), ``tokens`` and ``values``."""
-    by_latent: dict[int, list[dict[str, Any]]] = {}
-    for context in contexts:
-        by_latent.setdefault(context["latent"], []).append(context)
+    by_latent = contexts_by_latent(contexts)
+    rounded = contexts.get("rounded") or [_rounded(values) for values in contexts["activations"]]
+    centres = activation_histogram_centres()
     features = []
     for row in latents:
+        filled = [(centre, count) for centre, count in zip(centres, row["activation_histogram"], strict=True) if count]
         features.append({
             "feature_index": row["latent"],
             **{key: [] for key in NEURONPEDIA_FEATURE_FIELDS if key.startswith(("neuron_alignment", "correlated"))},
@@ -349,18 +430,18 @@ def neuronpedia_batch(latents: Sequence[dict[str, Any]], contexts: Sequence[dict
             "pos_str": row["promoted_tokens"],
             "pos_values": _rounded(row["promoted_logits"]),
             "frac_nonzero": row["density"],
-            "freq_hist_data_bar_values": [],
-            "freq_hist_data_bar_heights": [],
-            "logits_hist_data_bar_heights": [],
-            "logits_hist_data_bar_values": [],
+            "freq_hist_data_bar_values": _rounded([centre for centre, _ in filled]),
+            "freq_hist_data_bar_heights": [count for _, count in filled],
+            "logits_hist_data_bar_heights": row["logit_histogram_heights"],
+            "logits_hist_data_bar_values": _rounded(row["logit_histogram_values"]),
             "n_prompts_total": n_prompts_total,
             "n_tokens_in_prompt": n_tokens_in_prompt,
             "dataset": dataset,
             "decoder_weights_dist": [],
             "activations": [
                 {"bin_min": -1, "bin_max": _rounded([row["max_activation"]])[0], "bin_contains": -1,
-                 "tokens": context["tokens"], "values": _rounded(context["activations"])}
-                for context in sorted(by_latent.get(row["latent"], []), key=lambda c: c["rank"])
+                 "tokens": contexts["tokens"][i], "values": rounded[i]}
+                for i in by_latent.get(row["latent"], [])
             ],
         })
     return {"model_id": model_id, "layer": layer, "sae_set": sae_set, "features": features}

@@ -59,6 +59,23 @@ def training_curves(history: Sequence[dict[str, float]], title: str) -> bytes:
     return _png(fig)
 
 
+def density_histogram_figure(histogram: dict, title: str) -> bytes:
+    """A layer's log10 feature-density histogram over latents (``core.dashboards.density_histogram``),
+    dead latents as a bar of their own at the left, as PNG bytes."""
+    edges, counts = histogram["edges"], histogram["counts"]
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.bar(edges[:-1], counts, width=[high - low for low, high in zip(edges, edges[1:])], align="edge",
+           color="tab:blue", label="firing latents")
+    step = edges[1] - edges[0]
+    ax.bar([edges[0] - 2 * step], [histogram["dead"]], width=step, align="edge", color="tab:red",
+           label=f"dead ({histogram['dead']})")
+    ax.set_xlabel(f"log10 firing frequency over {histogram['n_tokens']:,} held-out tokens")
+    ax.set_ylabel("latents")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def png_markdown(png: bytes, alt: str) -> str:
     """Markdown that the Dagster UI renders as an inline image."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"

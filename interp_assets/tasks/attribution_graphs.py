@@ -141,9 +141,32 @@ def task_attribution_graphs(ctx: TaskContext) -> TaskResult:
             "top_nodes": table_metadata(top, {"node_id": str, "layer": int, "offset": int, "feature": int,
                                               "attribution": float, "exact_patch_effect": float}),
             "graph": md(png_markdown(png, f"{behaviour} attribution graph")),
+            "features_used_most": md(used_features_markdown(ctx, nodes_table, config.dashboards.features_in_ui)),
         },
         data_version=combined_version(versions),
     )
+
+
+def used_features_markdown(ctx: TaskContext, nodes_table, n: int) -> str:  # noqa: ANN001
+    """The ``n`` features this graph relies on most (feature nodes by influence on the logit, a
+    feature counted once over its positions), each with its dashboard: label, density, top contexts
+    and promoted tokens, one table per layer."""
+    import polars as pl
+
+    from interp_assets.tasks.feature_dashboards import features_markdown
+
+    features = (nodes_table.filter(pl.col("feature_type") == "feature")
+                .group_by("layer", "feature").agg(pl.col("influence").max())
+                .sort(["influence", "layer", "feature"], descending=[True, False, False]).head(n))
+    parts = []
+    for layer in sorted(set(features["layer"].to_list())):
+        chosen = features.filter(pl.col("layer") == layer)["feature"].to_list()
+        relpath = dashboards_relpath(ctx.config, layer)
+        latents = ctx.store.read_parquet(f"{relpath}/latents.parquet").filter(pl.col("latent").is_in(chosen))
+        contexts = ctx.store.read_parquet(f"{relpath}/contexts.parquet").filter(pl.col("latent").is_in(chosen))
+        rows = {row["latent"]: row for row in latents.iter_rows(named=True)}
+        parts += [f"**layer {layer}**", "", features_markdown(rows, contexts.to_dict(as_series=False), chosen), ""]
+    return "\n".join(parts) if parts else "no feature node in this graph"
 
 
 def dashboard_labels(ctx: TaskContext, graph) -> Any:  # noqa: ANN001

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,13 +109,20 @@ def build_layer(ctx: TaskContext, layer: int, model, tokenizer, text: DashboardT
         collect_top_contexts, context_rows, decoder_logit_effects, density_histogram, latent_rows, neuronpedia_batch,
     )
     from interp_assets.core.hooks import transformer_lens_name
+    from interp_assets.core.plots import density_histogram_figure, png_markdown
 
     config, section = ctx.config, ctx.config.dashboards
     hook_point = config.activations.hook_point
     (sae,) = load_saes(ctx, [layer]).values()
     settings = _settings(config)
     state = collect_top_contexts(model, sae, layer, hook_point, text.batches, settings, log=ctx.log)
-    logits = decoder_logit_effects(model, sae, layer, hook_point, settings)
+    chosen = None
+    if section.logit_latents is not None and section.logit_latents < sae.spec.d_sae:
+        import torch
+
+        order = torch.sort(state.fire_count.cpu(), descending=True, stable=True).indices  # ties: lower index
+        chosen = order[: section.logit_latents]
+    logits = decoder_logit_effects(model, sae, layer, hook_point, settings, latents=chosen)
     decode = functools.lru_cache(maxsize=None)(lambda token: tokenizer.decode([token]))
     latents = latent_rows(state, logits, decode)
     contexts = context_rows(state, decode)
@@ -126,6 +134,7 @@ def build_layer(ctx: TaskContext, layer: int, model, tokenizer, text: DashboardT
     )
     inconsistent = inconsistent_contexts(latents, contexts, section.top_k)
     dead = sum(row["n_firing"] == 0 for row in latents)
+    n_contexts = len(contexts["latent"])
     metadata = {
         "path": ctx.store.url(dashboards_relpath(config, layer)),
         "hook_name": transformer_lens_name(hook_point, layer),
@@ -136,24 +145,38 @@ def build_layer(ctx: TaskContext, layer: int, model, tokenizer, text: DashboardT
         "inconsistent_contexts": inconsistent,
         "text": text.description,
         "density_histogram": {"raw_value": histogram, "type": "json"},
+        "density_plot": md(png_markdown(density_histogram_figure(histogram, f"layer {layer}: feature density"),
+                                        f"layer {layer} feature density")),
         "features": features_markdown(latents, contexts, most_used(latents, section.features_in_ui)),
     }
     latents_schema, contexts_schema = _schemas()
     latents_table = pl.DataFrame(latents, schema=latents_schema)
-    contexts_table = pl.DataFrame(contexts, schema=contexts_schema)
+    contexts_table = table_from_columns(contexts, contexts_schema)
     relpath = dashboards_relpath(config, layer)
     with tempfile.TemporaryDirectory(prefix="dashboards-") as tmp:
         latents_table.write_parquet(Path(tmp) / "latents.parquet")
         contexts_table.write_parquet(Path(tmp) / "contexts.parquet")
-        (Path(tmp) / "features.json").write_text(json.dumps(document, allow_nan=False, ensure_ascii=False), encoding="utf-8")
+        (Path(tmp) / "features.json").write_text(json.dumps(document, allow_nan=False, ensure_ascii=False,
+                                                            separators=(",", ":")), encoding="utf-8")
         files = {name: sha256_file(Path(tmp) / name) for name in DASHBOARD_FILES}
         summary = {"fingerprint": fingerprint, "layer": layer, "files": files, "data_version": combined_version(files),
                    "settings": section.model_dump(mode="json"), "metadata": metadata}
         (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False))
         ctx.store.put_dir(relpath, tmp)
-    ctx.log(f"dashboards layer {layer}: {len(latents)} latents, {dead} dead, {len(contexts)} contexts, "
+    ctx.log(f"dashboards layer {layer}: {len(latents)} latents, {dead} dead, {n_contexts} contexts, "
             f"{inconsistent} inconsistent")
     return summary
+
+
+def table_from_columns(columns: dict[str, list[Any]], schema: dict[str, Any]):  # noqa: ANN201 - pl.DataFrame
+    """A polars table of ``schema``'s columns, converted through Arrow: polars builds a list column
+    from Python lists one Series per row (9 s for 490k contexts), pyarrow in one pass (0.5 s)."""
+    import polars as pl
+    import pyarrow as pa
+
+    arrow = pa.table({name: pa.array(columns[name], type=pl.Series(dtype=dtype).to_arrow().type)
+                      for name, dtype in schema.items()})
+    return pl.from_arrow(arrow).cast(schema)
 
 
 def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -164,7 +187,9 @@ def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
         "latent": pl.Int64, "n_firing": pl.Int64, "density": pl.Float64, "mean_activation": pl.Float64,
         "max_activation": pl.Float64, "n_contexts": pl.Int64, "top_activating_tokens": pl.List(pl.String),
         "promoted_tokens": pl.List(pl.String), "promoted_logits": pl.List(pl.Float64),
-        "suppressed_tokens": pl.List(pl.String), "suppressed_logits": pl.List(pl.Float64), "label": pl.String,
+        "suppressed_tokens": pl.List(pl.String), "suppressed_logits": pl.List(pl.Float64),
+        "activation_histogram": pl.List(pl.Int64), "logit_histogram_heights": pl.List(pl.Int64),
+        "logit_histogram_values": pl.List(pl.Float64), "label": pl.String,
     }
     contexts = {
         "latent": pl.Int64, "rank": pl.Int64, "activation": pl.Float64, "window": pl.Int64, "position": pl.Int64,
@@ -174,19 +199,21 @@ def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
     return latents, contexts
 
 
-def inconsistent_contexts(latents: list[dict[str, Any]], contexts: list[dict[str, Any]], top_k: int) -> int:
+def inconsistent_contexts(latents: list[dict[str, Any]], contexts: dict[str, list[Any]], top_k: int) -> int:
     """Stored top contexts that contradict each other or their latent's statistics: a context
     whose marked token does not carry its recorded activation, ranks out of order, a non-firing
     context, a max activation other than the first context's, or a latent with fewer contexts than
     min(top_k, tokens it fired on). The asset check wants 0."""
+    from interp_assets.core.dashboards import contexts_by_latent
+
     bad = 0
-    by_latent: dict[int, list[dict[str, Any]]] = {}
-    for context in contexts:
-        by_latent.setdefault(context["latent"], []).append(context)
-        bad += context["activations"][context["max_token_index"]] != context["activation"] or context["activation"] <= 0
+    for acts, marked, value in zip(contexts["activations"], contexts["max_token_index"], contexts["activation"],
+                                   strict=True):
+        bad += acts[marked] != value or value <= 0
+    by_latent = contexts_by_latent(contexts)
     for row in latents:
-        kept = sorted(by_latent.get(row["latent"], []), key=lambda c: c["rank"])
-        values = [c["activation"] for c in kept]
+        kept = by_latent.get(row["latent"], [])
+        values = [contexts["activation"][i] for i in kept]
         bad += len(kept) != min(top_k, row["n_firing"]) or len(kept) != row["n_contexts"]
         bad += any(a < b for a, b in zip(values, values[1:]))
         bad += bool(kept) and values[0] != row["max_activation"]
@@ -194,8 +221,9 @@ def inconsistent_contexts(latents: list[dict[str, Any]], contexts: list[dict[str
 
 
 def most_used(latents: list[dict[str, Any]], n: int) -> list[int]:
-    """The layer's features shown in the UI: those that fire on the most tokens (ties: the higher
-    max activation). The attribution graphs may later choose by how much they use each feature."""
+    """The layer's features shown on the dashboards asset: those that fire on the most tokens (ties:
+    the higher max activation). The attribution graphs' asset shows the features each graph
+    relies on most (``tasks.attribution_graphs.used_features_markdown``)."""
     alive = [row for row in latents if row["n_firing"]]
     return [row["latent"] for row in sorted(alive, key=lambda r: (-r["n_firing"], -r["max_activation"]))[:n]]
 
@@ -204,21 +232,22 @@ def _cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("*", "\\*").replace("`", "'")
 
 
-def features_markdown(latents: list[dict[str, Any]], contexts: list[dict[str, Any]], chosen: list[int],
+def features_markdown(latents: Sequence[dict[str, Any]] | dict[int, dict[str, Any]], contexts: dict[str, list[Any]], chosen: list[int],
                       contexts_per_feature: int = 2) -> str:
     """A Markdown table of the chosen features: label, density, max, their top contexts (the
     max-activating token in bold brackets) and the tokens they promote."""
-    by_latent: dict[int, list[dict[str, Any]]] = {}
-    for context in contexts:
-        by_latent.setdefault(context["latent"], []).append(context)
+    from interp_assets.core.dashboards import contexts_by_latent
+
+    by_latent = contexts_by_latent(contexts)
     lines = ["| latent | label | density | max act | top contexts | promotes |", "|---|---|---|---|---|---|"]
     for latent in chosen:
         row = latents[latent]
         shown = []
-        for context in sorted(by_latent.get(latent, []), key=lambda c: c["rank"])[:contexts_per_feature]:
-            tokens = [_cell(token) for token in context["tokens"]]
-            tokens[context["max_token_index"]] = f"**[{tokens[context['max_token_index']]}]**"
-            shown.append(f"{''.join(tokens)} ({context['activation']:.3g})")
+        for i in by_latent.get(latent, [])[:contexts_per_feature]:
+            tokens = [_cell(token) for token in contexts["tokens"][i]]
+            marked = contexts["max_token_index"][i]
+            tokens[marked] = f"**[{tokens[marked]}]**"
+            shown.append(f"{''.join(tokens)} ({contexts['activation'][i]:.3g})")
         promoted = ", ".join(f"'{_cell(token)}'" for token in row["promoted_tokens"][:5])
         lines.append(f"| {latent} | {_cell(row['label'])} | {row['density']:.2e} | {row['max_activation']:.3g} | "
                      f"{'<br>'.join(shown)} | {promoted} |")
