@@ -29,6 +29,7 @@ from interp_assets.core.resource_model import (
     UnknownDeviceError,
     assumption,
     device_named,
+    device_startup,
     human_bytes,
     human_flops,
     human_seconds,
@@ -36,7 +37,8 @@ from interp_assets.core.resource_model import (
 )
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-PHASES = ("language_model", "baselines", "activations", "saes", "attribution_graphs", "interventions")
+PHASES = ("language_model", "baselines", "activations", "saes", "feature_dashboards", "attribution_graphs",
+          "interventions")
 
 
 class PlanError(ValueError):
@@ -115,8 +117,26 @@ def sae_shape(config: ExperimentConfig, model: ModelShape) -> SaeShape:
 # Phases
 
 
+def prompt_tokens_estimate(config: ExperimentConfig, sample: int = 256) -> float:
+    """Tokens of the longest prompt (a batch is padded to it), from the config's own prompts:
+    their words and punctuation marks × the ``tokens_per_word`` assumption. The prompts are
+    generated here exactly as the ``prompts`` asset generates them (a seeded function of the config)."""
+    import re
+
+    from interp_assets.artifacts import behaviour_seed
+    from interp_assets.core.behaviours import generate_prompts
+
+    longest = 1
+    for behaviour in config.prompts.behaviours:
+        n = min(config.prompts.n_per_behaviour, sample)
+        for pair in generate_prompts(behaviour, n, behaviour_seed(config.prompts.seed, behaviour)):
+            for text in (pair.clean, pair.corrupted):
+                longest = max(longest, len(re.findall(r"\w+|[^\w\s]", text)))
+    return longest * assumption("tokens_per_word")
+
+
 def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: Device) -> list[PhaseEstimate]:
-    prompt_tokens = assumption("prompt_tokens")
+    prompt_tokens = prompt_tokens_estimate(config)
     base = assumption("process_base_bytes") + (assumption("cuda_context_host_bytes") if device.is_gpu else 0.0)
     weights = model.weight_bytes()
     act_bytes = DTYPE_BYTES[config.activations.dtype]
@@ -146,12 +166,14 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
                                     model.params() * 4, "forward", True, notes=["trains the tiny model (FP32, AdamW)"]))
     elif source == "random":
         # Initialised directly in the model dtype (core.random_model); save_pretrained serialises one
-        # tensor at a time, the largest (the embedding) as an extra copy. Random number generation
-        # costs ~10 bytes of memory traffic per FP32 weight.
+        # tensor at a time, the largest (the embedding) as an extra copy. Drawing the weights and
+        # writing them are host work at measured rates.
         params = model.params()
         host = base + weights + model.vocab * model.hidden * model.dtype_bytes
-        phases.append(PhaseEstimate("language_model", 1, 0.0, params * 4 * 10, host, host, weights, "forward", False,
-                                    notes=["random init from a seed, no training; CPU only"]))
+        phases.append(PhaseEstimate(
+            "language_model", 1, 0.0, 0.0, host, host, weights, "forward", False,
+            host_seconds=params / assumption("init_params_per_second") + weights / assumption("save_bandwidth"),
+            notes=["random init from a seed, no training; CPU only"]))
     else:
         phases.append(PhaseEstimate("language_model", 1, 0.0, 0.0, base, base, 4096.0, "forward", False,
                                     notes=["fingerprints the weights on disk (names + sizes); no GPU"]))
@@ -195,13 +217,17 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
     # Held-out judging: a mean pass, then clean, SAE, random SAE, zero- and mean-ablated forwards
     # over corpus.eval_tokens, both SAEs encoding every held-out token.
     ce_tokens = corpus.eval_tokens
-    flops = group * (steps * sae.step_flops() + 6 * model.forward_flops(ce_tokens, seq_len)
-                     + 2 * 4 * ce_tokens * sae.d_in * sae.d_sae)
+    flops = group * (steps * sae.step_flops() + 2 * 4 * ce_tokens * sae.d_in * sae.d_sae)
+    model_flops = group * 6 * model.forward_flops(ce_tokens, seq_len)
     moved = group * steps * sae.step_bytes()
     shuffle = group * min(config.sae.shuffle_buffer_vectors, vectors) * width * act_bytes
     eval_vectors = group * config.sae.eval_vectors * width * 4
     if config.sae.data_source == "stream":
-        flops += steps * model.forward_flops(sae.batch, seq_len, max(layers), logits=False)
+        model_flops += steps * model.forward_flops(sae.batch, seq_len, max(layers), logits=False)
+    # Host work per layer: drawing the SAE and the random baseline SAE, writing and hashing the weights.
+    sae_host_seconds = group * (2 * sae.params() / assumption("sae_init_params_per_second")
+                                + sae.weight_bytes() / assumption("save_bandwidth")
+                                + sae.weight_bytes() / assumption("sha256_bandwidth"))
     # Training (weights, gradients, Adam) and the CE-recovered evaluation (the model + the trained
     # SAE) come one after the other: the peak is the larger, not the sum (measured in the rehearsal).
     training_peak = group * sae.training_bytes() + shuffle + eval_vectors
@@ -209,6 +235,10 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
         config.baselines.batch_size * seq_len, seq_len, False)
     if config.sae.data_source == "stream":
         training_peak += weights
+    elif not device.is_gpu:
+        # The model is loaded before training (the held-out windows' activations are taken first):
+        # its pages up to the captured layer, and the embedding, stay resident while the SAE trains.
+        training_peak += (max(layers) + 1) * model.layer_params() * model.dtype_bytes + model.vocab * model.hidden * model.dtype_bytes
     if device.is_gpu:
         dev, host = max(training_peak - shuffle - eval_vectors, evaluation_peak), base + weights + shuffle + eval_vectors
     else:
@@ -216,9 +246,40 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
     checkpoint = 12.0 * sae.params()  # weights + Adam moments: written while training, deleted when published
     phases.append(PhaseEstimate(
         "saes", len(groups), flops, moved, dev, host, len(layers) * sae.weight_bytes(), "sae",
+        host_seconds=sae_host_seconds, model_flops=model_flops,
         notes=[f"{sae.d_in}→{sae.d_sae} ({sae.params() / 1e6:.0f}M params, {human_bytes(sae.weight_bytes())} FP32), "
                f"{steps:,} steps × batch {sae.batch}; while a layer trains its resume checkpoint takes another "
                f"{human_bytes(checkpoint)} (checkpoints tier)"]))
+
+    # ---- feature dashboards: one array task per layer, one pass over the held-out windows up to the
+    # layer, every token encoded by the SAE and folded into the bounded top-k state, then the logit
+    # tables: every (chosen) latent's decoder row through down_proj and the unembedding, in FP32.
+    dash = config.dashboards
+    windows = max(1, min(dash.n_texts, corpus.eval_tokens // seq_len))
+    tokens = windows * seq_len
+    deepest = max(layers)
+    table_latents = min(dash.logit_latents or sae.d_sae, sae.d_sae)
+    into_residual = 2 * model.intermediate * model.hidden if config.activations.hook_point == "mlp_post" else 0
+    table_flops = table_latents * (into_residual + 2 * model.hidden * model.vocab)
+    encode_flops = 2 * tokens * sae.d_in * sae.d_sae
+    width = dash.context_before + 1 + dash.context_after
+    state = sae.d_sae * (dash.top_k * (3 * 8 + width * 12) + 8 * 3 + 56 * 8)
+    per_batch = 5 * dash.batch_size * seq_len * sae.d_sae * 4  # acts, mask, top-k candidates, contexts
+    chunk = 3 * min(1024, table_latents) * model.vocab * 4  # one chunk's logits, its top-k and histogram
+    touched = weights if device.is_gpu else (deepest + 1) * model.layer_params() * model.dtype_bytes \
+        + model.vocab * model.hidden * model.dtype_bytes
+    dev, host = resident(touched + sae.weight_bytes() + state + max(per_batch, chunk) + model.forward_activation_bytes(
+        dash.batch_size * seq_len, seq_len, False, logits=False))
+    stored = sae.d_sae * (dash.top_k * width * 40 + 56 * 8 + 80 * 8 + 4 * dash.n_logit_tokens * 12)
+    dashboards = PhaseEstimate(
+        "feature_dashboards", len(layers), model.forward_flops(tokens, seq_len, deepest, logits=False) + encode_flops,
+        model.forward_bytes(-(-windows // dash.batch_size), tokens, deepest) + 2 * sae.weight_bytes(),
+        dev, host, len(layers) * stored,
+        notes=[f"{windows} held-out windows × {seq_len} tokens per layer; token tables for {table_latents:,} latents "
+               f"({human_flops(table_flops)} in FP32)"])
+    dashboards.fp32_flops = table_flops
+    dashboards.host_seconds = sae.d_sae * dash.top_k / assumption("dashboard_contexts_per_second")
+    phases.append(dashboards)
 
     # ---- attribution graphs: one job per behaviour, every key layer's SAE spliced in at once
     pairs = max(1, round(n * config.prompts.train_fraction))
@@ -245,6 +306,11 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
     prompt_passes = 2 * groups_n * test + patch_passes * cfg.patching_pairs + groups_n * cfg.resample_samples * test \
         + 4 * (test + cfg.patching_pairs)
     batches = patch_passes * -(-cfg.patching_pairs // batch) + (2 * groups_n + groups_n * cfg.resample_samples) * -(-test // batch)
+    # Then the faithfulness curve: the empty circuit, and per size (0 … all, ablation_groups + 1 of
+    # them) the circuit, its complement and random_circuit_draws random circuits, on the test prompts.
+    faithfulness_passes = test * (1 + (groups_n + 1) * (2 + cfg.random_circuit_draws))
+    prompt_passes += faithfulness_passes
+    batches += (1 + (groups_n + 1) * (2 + cfg.random_circuit_draws)) * -(-test // batch)
     flops = model.forward_flops(prompt_passes * prompt_tokens, prompt_tokens) \
         + prompt_passes * prompt_tokens * 4 * sae.d_in * sae.d_sae
     dev, host = resident(weights + saes_fp32 + model.forward_activation_bytes(batch * prompt_tokens, prompt_tokens, False))
@@ -260,8 +326,10 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
         load = 0.0 if phase.phase == "language_model" else weights
         if phase.phase in ("attribution_graphs", "interventions"):
             load += len(key) * sae.weight_bytes()
+        if phase.phase == "feature_dashboards":
+            load += sae.weight_bytes()
         if not phase.uses_gpu and device.is_gpu:
-            phase.seconds = assumption("startup_seconds") + phase.bytes_moved / 10e9  # host-side work
+            phase.seconds = device_startup(device) + phase.bytes_moved / 10e9 + phase.host_seconds  # host-side work
             phase.bound = "host"
         else:
             predict(phase, device, load, model_fp32)

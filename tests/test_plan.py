@@ -83,6 +83,36 @@ def test_every_phase_is_planned_on_every_device(tmp_path: Path, device: str) -> 
         assert "MEASURED" in text
 
 
+def test_prompt_length_is_that_of_the_config_s_own_prompts(tiny_model_storage: Path) -> None:
+    """The plan's prompt length (the longest prompt's words and punctuation marks) against the
+    tiny model's real tokenizer on the same prompts: BPE keeps these common words whole."""
+    from tokenizers import Tokenizer
+
+    from interp_assets.artifacts import tiny_model_relpath
+    from interp_assets.assets.prompts import prompts_table
+    from interp_assets.plan import prompt_tokens_estimate
+
+    config = load_config(TINY_CONFIG)
+    tokenizer = Tokenizer.from_file(str(tiny_model_storage / tiny_model_relpath(config) / "tokenizer.json"))
+    longest = max(len(tokenizer.encode(text).ids) for behaviour in config.prompts.behaviours
+                  for column in ("clean", "corrupted") for text in prompts_table(config, behaviour)[column])
+    assert prompt_tokens_estimate(config) == longest
+
+
+def test_dashboards_are_planned_per_layer_and_logit_latents_cut_their_tables(tmp_path: Path) -> None:
+    config = load_config(_qwen_config(tmp_path))
+    full = plan_for(config, "h100").phase("feature_dashboards")
+    assert full.jobs == len(config.activations.layers) == 15
+    # 44,032 latents × (11008·2048 + 2048·151936) multiply-adds: the 27 TFLOP of the README
+    assert full.fp32_flops == pytest.approx(44032 * 2 * (11008 * 2048 + 2048 * 151936))
+    data = yaml.safe_load(_qwen_config(tmp_path).read_text())
+    data["dashboards"] = {"logit_latents": 1024}
+    (tmp_path / "cut.yaml").write_text(yaml.safe_dump(data))
+    cut = plan_for(load_config(tmp_path / "cut.yaml"), "h100").phase("feature_dashboards")
+    assert cut.fp32_flops == pytest.approx(full.fp32_flops * 1024 / 44032)
+    assert cut.seconds < full.seconds
+
+
 def test_faster_devices_plan_less_time(tmp_path: Path) -> None:
     config = load_config(_qwen_config(tmp_path))
     hours = {name: plan_for(config, name).gpu_hours for name in ("a100-40gb", "a100-80gb", "h100", "h200")}

@@ -482,6 +482,30 @@ def test_the_cd3_profile_loads_and_switching_backend_changes_no_code_version(mon
 # ---- 5. SLURM's own error text; submission from a workstation over SSH --------------------------
 
 
+def test_time_and_mem_auto_reach_the_cluster_as_the_plans_figures(studies: dict, tmp_path: Path) -> None:
+    """``time: auto`` / ``mem: auto``: the job the controller holds has the plan's figures × the
+    profile's safety factor as its time limit and memory (what ``scontrol show job`` reports)."""
+    import math
+
+    from interp_assets.core.resource_model import GIB
+    from interp_assets.plan import task_requirements
+
+    config = load_config(studies["slurm"])
+    factor = 20.0  # the plan's figure, not the one-minute floor, sets the limit (and 10G fits the node)
+    seconds, host = task_requirements(config, "baselines", "cpu")
+    minutes, gib = math.ceil(seconds * factor / 60), math.ceil(host * factor / GIB)
+    assert minutes > 1
+    compute = slurm(tmp_path, time="auto", mem="auto", auto_device="cpu", auto_safety_factor=factor, signal_seconds=0)
+    with dg.instance_for_test() as instance:
+        result = materialize(studies["slurm"], ["baselines"], compute, instance, partition_key="capitals")
+    assert result.success, failure_text(result)
+    job_id = str(result.asset_materializations_for_node("baselines")[0].metadata["slurm/job_id"].value)
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=60).stdout
+    fields = dict(item.split("=", 1) for item in shown.split() if "=" in item)
+    assert fields["TimeLimit"] == f"{minutes // 60:02d}:{minutes % 60:02d}:00", shown
+    assert fields["MinMemoryNode"] == f"{gib}G", shown
+
+
 def test_slurms_error_text_surfaces_verbatim(studies: dict, tmp_path: Path) -> None:
     with dg.instance_for_test() as instance:
         result = materialize(studies["slurm"], ["baselines"], slurm(tmp_path, partition="nosuchpartition"), instance,

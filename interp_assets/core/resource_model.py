@@ -40,6 +40,10 @@ class Device:
     efficiency_measured: bool
     efficiency_note: str
     is_gpu: bool = True
+    load_bandwidth: float | None = None
+    """bytes/s a job reads the weights at (None: the ``load_bandwidth`` assumption, a shared filesystem)."""
+    startup_seconds: float | None = None
+    """A job's imports before its first line (None: the ``startup_seconds`` assumption)."""
 
 
 _GPU_EFFICIENCY = {"forward": 0.5, "sae": 0.6}
@@ -64,11 +68,16 @@ DEVICES: dict[str, Device] = {
     # (30.7 GB/s read + write). Efficiencies from the project's own benchmarks:
     # benchmarks/results/capture_mlp_post_h512_i2048_L8_cpu.json (2,443 tok/s × 66 MFLOP/token
     # = 161 GFLOP/s: 0.58 of the FP32 peak) and sae_train_standard_3584x14336_b256_cpu.json
-    # (98 GFLOP/s achieved: 0.36).
+    # (98 GFLOP/s achieved: 0.36). Model passes at the study's widths, startup and weight loading
+    # from benchmarks/results/cpu_rates.json: a Qwen2 decoder layer at 2048/11008 over 256 tokens
+    # reaches 54 GFLOP/s in BF16 (0.90 of the matmul peak) and 210 in FP32 (0.76); the worker's
+    # imports take 4.0–5.7 s; safetensors reads 13.7–18.8 GB/s from the page cache (the lower kept).
     "cpu": Device("cpu", "this CPU (2 cores, 24 GB)", 60e9, 276e9, 30.7e9, 24 * GB,
                   "measured here with torch 2.13: 2048² matmul FP32 276 GFLOP/s, BF16 60 GFLOP/s; "
-                  "512 MiB copy 30.7 GB/s", {"forward": 0.58, "sae": 0.36}, 1.0, True,
-                  "MEASURED on this CPU (capture and SAE benchmarks in benchmarks/results/)", is_gpu=False),
+                  "512 MiB copy 30.7 GB/s; worker imports 5 s; weights load 13.7 GB/s (page cache)",
+                  {"forward": 0.76, "forward_bf16": 0.90, "sae": 0.36}, 1.0, True,
+                  "MEASURED on this CPU (benchmarks/results/cpu_rates.json and the SAE benchmark)", is_gpu=False,
+                  load_bandwidth=13.7e9, startup_seconds=5.0),
 }
 
 
@@ -86,12 +95,23 @@ def device_named(name: str) -> Device:
 # Stated assumptions (marked in every printed plan)
 
 ASSUMPTIONS = {
-    "prompt_tokens": (24, "tokens per behaviour prompt (IOI sentences are 15–20 words)"),
+    "tokens_per_word": (1.0, "tokens per word or punctuation mark of a behaviour prompt (BPE vocabularies keep "
+                             "common English words whole: 1.0 with the tiny and random models' tokenizer)"),
     "process_base_bytes": (0.5 * GB, "RSS of a worker besides its tensors (measured ~0.5 GB in the rehearsal's "
                                      "workers on this CPU)"),
     "cuda_context_host_bytes": (0.5 * GB, "host memory the CUDA context and its libraries add on a GPU node"),
     "load_bandwidth": (1.0 * GB, "bytes/s reading weights from the shared filesystem"),
     "startup_seconds": (30.0, "python + torch import and CUDA initialisation per job"),
+    "init_params_per_second": (72e6, "weights drawn per second when a random model is built in BF16 (measured "
+                                     "72–92M on this CPU, benchmarks/results/cpu_rates.json; the same on a GPU "
+                                     "node's host)"),
+    "save_bandwidth": (0.37e9, "bytes/s safetensors writes weights at (measured 0.37–0.42 GB/s on this CPU, "
+                               "cpu_rates.json; the same on a GPU node)"),
+    "sae_init_params_per_second": (153e6, "SAE parameters drawn per second (randn, row norms: measured on this "
+                                          "CPU, cpu_rates.json; on a GPU node the draw runs on the host too)"),
+    "sha256_bandwidth": (1.1e9, "bytes/s of sha256 (the weights' fingerprints; measured on this CPU)"),
+    "dashboard_contexts_per_second": (28e3, "top contexts written per second after a dashboard's pass (columns, "
+                                            "Neuronpedia JSON, Parquet; measured on this CPU, cpu_rates.json)"),
     "su_per_gpu_hour": (1.0, "CD3 service units per A100 GPU-hour: CD3 (CSD3 Ampere) accounts GPU jobs in "
                              "GPU-hours; no published SU rate was found, so 1 SU = 1 GPU-hour is ASSUMED"),
     "activation_factor": (12, "live [tokens, d_model]-sized tensors per layer in a forward with gradients"),
@@ -220,6 +240,14 @@ class PhaseEstimate:
     """Predicted wall time per job (filled by ``predict``)."""
     bound: str = ""
     notes: list[str] = field(default_factory=list)
+    host_seconds: float = 0.0
+    """Per job, beside the device work: time on the host CPU (drawing random weights, writing them)."""
+    model_flops: float = 0.0
+    """Per job, beside ``flops``: model passes inside a phase of another kind (an SAE job's held-out
+    evaluation), at the model dtype's rate."""
+    fp32_flops: float = 0.0
+    """Per job, beside ``flops``: work that runs in FP32 whatever the model dtype (a dashboard's
+    logit tables), at the FP32 peak."""
 
     @property
     def total_seconds(self) -> float:
@@ -227,18 +255,24 @@ class PhaseEstimate:
 
 
 def predict(phase: PhaseEstimate, device: Device, load_bytes: float, model_fp32: bool) -> PhaseEstimate:
-    """Wall time = startup + weight load + max(FLOPs / (peak·eff), bytes / (bandwidth·eff)).
-    Model passes run at the model dtype's peak (BF16 tensor cores, or FP32 for an FP32 model); SAE
-    steps at the FP32 peak."""
-    fp32 = phase.compute_kind == "sae" or model_fp32
-    peak = device.fp32_flops if fp32 else device.low_precision_flops
-    efficiency = device.compute_efficiency["sae" if phase.compute_kind == "sae" else "forward"]
-    compute = phase.flops / (peak * efficiency)
+    """Wall time = startup + weight load + max(FLOPs / (peak·eff), bytes / (bandwidth·eff)) + host
+    work. Model passes run at the model dtype's peak (BF16 tensor cores, or FP32 for an FP32 model;
+    on this CPU at the BF16 efficiency measured at the study's widths); SAE steps at the FP32 peak."""
+    model_rate = (device.fp32_flops * device.compute_efficiency["forward"] if model_fp32 else
+                  device.low_precision_flops * device.compute_efficiency.get("forward_bf16",
+                                                                           device.compute_efficiency["forward"]))
+    main_rate = device.fp32_flops * device.compute_efficiency["sae"] if phase.compute_kind == "sae" else model_rate
+    compute = (phase.flops / main_rate + phase.model_flops / model_rate
+               + phase.fp32_flops / (device.fp32_flops * device.compute_efficiency["forward"]))
     memory = phase.bytes_moved / (device.bandwidth * device.bandwidth_efficiency)
     phase.bound = "compute" if compute >= memory else "memory"
-    startup = assumption("startup_seconds") if device.is_gpu else 5.0
-    phase.seconds = startup + load_bytes / assumption("load_bandwidth") + max(compute, memory)
+    phase.seconds = (device_startup(device) + load_bytes / (device.load_bandwidth or assumption("load_bandwidth"))
+                     + max(compute, memory) + phase.host_seconds)
     return phase
+
+
+def device_startup(device: Device) -> float:
+    return device.startup_seconds if device.startup_seconds is not None else assumption("startup_seconds")
 
 
 def slurm_time(seconds: float, factor: float, floor_seconds: int = 60) -> str:
