@@ -12,7 +12,7 @@ from interp_assets.config import ExperimentConfig
 from interp_assets.partitions import layer_partitions
 from resources.compute import ComputeResource
 
-LOGIC_VERSION = "1"
+LOGIC_VERSION = "2"  # 2: per-feature activation and logit histograms, a density plot
 SECTIONS = ("experiment", "activations", "corpus", "dashboards")
 """Config the worker reads besides the SAE: the text (``experiment`` seeds the generated corpus,
 ``corpus`` says what the held-out windows are made of, its bytes included; ``activations`` holds

@@ -19,6 +19,10 @@ from interp_assets.config import ExperimentConfig
 from interp_assets.tasks.common import TaskContext, TaskResult, combined_version, corpus_windows, load_model, load_saes, md
 from resources.storage import sha256_file
 
+DASHBOARD_FORMAT = 2
+"""Bumped when what a layer's folder holds changes (2: activation and logit histograms), so a
+finished layer of an older format is rebuilt, not skipped."""
+
 DASHBOARD_FILES = ("latents.parquet", "contexts.parquet", "features.json")
 """The files whose bytes make a layer's data version (summary.json holds the run's record)."""
 
@@ -65,6 +69,7 @@ def _fingerprint(ctx: TaskContext, layer: int) -> str:
     the text and the settings."""
     training = ctx.store.read_json(f"{saes_relpath(ctx.config, layer)}/training.json")
     return hashlib.sha256(json.dumps({
+        "format": DASHBOARD_FORMAT,
         "sae_weights": training["summary"]["weights_sha256"],
         "sections": ctx.config.section_hash("experiment", "model", "activations", "dashboards"),
     }, sort_keys=True).encode()).hexdigest()
