@@ -13,6 +13,8 @@ code paths the workers run:
 - ``dashboard_contexts_per_second``: a layer's dashboards after the pass (the contexts as
   columns, the Neuronpedia JSON, the Parquet tables) for a full state of ``--d-sae`` latents × 20
   contexts, as ``tasks.feature_dashboards.build_layer`` writes them.
+- ``first_touch_bytes_per_second``: ``torch.zeros`` of fresh memory (the page faults an SAE's
+  gradients and Adam moments cost the first time they are written).
 - ``sha256_bytes_per_second``: hashing, as the weights' fingerprints are taken.
 - ``save_bytes_per_second``: ``safetensors.torch.save_file`` of a BF16 tensor of ``--save-mb``.
 - ``load_bytes_per_second``: ``safetensors.torch.load_file`` of it back (the file just written,
@@ -142,6 +144,16 @@ def dashboard_rate(d_sae: int) -> float:
     return d_sae * k / (time.perf_counter() - started)
 
 
+def first_touch_rate(megabytes: int, repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fresh = torch.zeros(megabytes * 2**20 // 4)
+        rates.append(fresh.numel() * 4 / (time.perf_counter() - started))
+        del fresh
+    return sorted(rates)[len(rates) // 2]
+
+
 def sha256_rate(megabytes: int) -> float:
     import hashlib
 
@@ -183,6 +195,7 @@ def main() -> None:
     forward = forward_rates(args.hidden, args.intermediate, args.tokens, args.repeats)
     sae_init = sae_init_rate(args.intermediate // 4, args.repeats)
     hashing = sha256_rate(args.save_mb)
+    first_touch = first_touch_rate(2 * args.save_mb, args.repeats)
     dashboards = dashboard_rate(args.d_sae)
     result = {
         "benchmark": "cpu_rates",
@@ -195,6 +208,7 @@ def main() -> None:
         "forward_tokens": args.tokens,
         "sae_init_params_per_second": sae_init,
         "sha256_bytes_per_second": hashing,
+        "first_touch_bytes_per_second": first_touch,
         "dashboard_contexts_per_second": dashboards,
         "dashboard_d_sae": args.d_sae,
         "save_bytes_per_second": save,

@@ -408,6 +408,10 @@ class InterventionsSection(_Section):
     resample_samples: int = Field(default=100, ge=1, le=100_000)
     bootstrap_samples: int = Field(default=1000, ge=10, le=1_000_000)
     checkpoint_every: int = Field(default=10, ge=1)
+    patching_layers: tuple[int, ...] | None = None
+    """Layers the activation-patching sweep patches (raw and through the SAE); null: every
+    captured layer. Each needs its SAE: the key layers' stay loaded, the others are read one at a
+    time, so a sweep over many layers costs reading each SAE once, not holding them all."""
     random_circuit_draws: int = Field(default=10, ge=1, le=10_000)
     """Random circuits per size (drawn from the key layers' active nodes) for the faithfulness baseline."""
     min_faithfulness_denominator: float = Field(default=3.0, ge=0)
@@ -515,6 +519,12 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 f"attribution.key_layers {missing} are not in activations.layers "
                 f"{list(self.activations.layers)}: add them there or drop them here"
+            )
+        missing = sorted(set(self.interventions.patching_layers or ()) - set(self.activations.layers))
+        if missing:
+            raise ValueError(
+                f"interventions.patching_layers {missing} are not in activations.layers "
+                f"{list(self.activations.layers)}: patching needs each layer's SAE; add them there or drop them here"
             )
         return self
 

@@ -218,7 +218,9 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
     # over corpus.eval_tokens, both SAEs encoding every held-out token.
     ce_tokens = corpus.eval_tokens
     flops = group * (steps * sae.step_flops() + 2 * 4 * ce_tokens * sae.d_in * sae.d_sae)
-    model_flops = group * 6 * model.forward_flops(ce_tokens, seq_len)
+    # ... and before training, the held-out windows run up to the layer for the evaluation vectors.
+    model_flops = group * (6 * model.forward_flops(ce_tokens, seq_len)
+                           + model.forward_flops(ce_tokens, seq_len, max(layers), logits=False))
     moved = group * steps * sae.step_bytes()
     shuffle = group * min(config.sae.shuffle_buffer_vectors, vectors) * width * act_bytes
     eval_vectors = group * config.sae.eval_vectors * width * 4
@@ -228,6 +230,8 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
     sae_host_seconds = group * (2 * sae.params() / assumption("sae_init_params_per_second")
                                 + sae.weight_bytes() / assumption("save_bandwidth")
                                 + sae.weight_bytes() / assumption("sha256_bandwidth"))
+    if not device.is_gpu:  # gradients and Adam's moments: 12 bytes a parameter, faulted in on first write
+        sae_host_seconds += group * 12 * sae.params() / assumption("first_touch_bandwidth")
     # Training (weights, gradients, Adam) and the CE-recovered evaluation (the model + the trained
     # SAE) come one after the other: the peak is the larger, not the sum (measured in the rehearsal).
     training_peak = group * sae.training_bytes() + shuffle + eval_vectors
@@ -302,7 +306,9 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
     cfg = config.interventions
     test = max(1, n - pairs)
     groups_n = cfg.ablation_groups
-    patch_passes = 2 + len(key) * (min(cfg.patching_positions, int(prompt_tokens)) + 1) * 2
+    patching = sorted(cfg.patching_layers or layers)
+    visitors = [layer for layer in patching if layer not in key]  # read one at a time (core.interventions.SaeCache)
+    patch_passes = 2 + len(patching) * (min(cfg.patching_positions, int(prompt_tokens)) + 1) * 2
     prompt_passes = 2 * groups_n * test + patch_passes * cfg.patching_pairs + groups_n * cfg.resample_samples * test \
         + 4 * (test + cfg.patching_pairs)
     batches = patch_passes * -(-cfg.patching_pairs // batch) + (2 * groups_n + groups_n * cfg.resample_samples) * -(-test // batch)
@@ -313,19 +319,24 @@ def _phases(config: ExperimentConfig, model: ModelShape, sae: SaeShape, device: 
     batches += (1 + (groups_n + 1) * (2 + cfg.random_circuit_draws)) * -(-test // batch)
     flops = model.forward_flops(prompt_passes * prompt_tokens, prompt_tokens) \
         + prompt_passes * prompt_tokens * 4 * sae.d_in * sae.d_sae
-    dev, host = resident(weights + saes_fp32 + model.forward_activation_bytes(batch * prompt_tokens, prompt_tokens, False))
+    held = saes_fp32 + (sae.weight_bytes() if visitors else 0.0)
+    dev, host = resident(weights + held + model.forward_activation_bytes(batch * prompt_tokens, prompt_tokens, False))
     experiments = 3 * groups_n + patch_passes
     phases.append(PhaseEstimate(
         "interventions", behaviours, flops, model.forward_bytes(batches, prompt_passes * prompt_tokens)
         + batches * saes_fp32, dev, host, experiments * 512.0,
-        notes=[f"~{prompt_passes:,} prompt forward passes ({experiments} experiments)"]))
+        notes=[f"~{prompt_passes:,} prompt forward passes ({experiments} experiments); patching {len(patching)} "
+               f"layers: the key layers' SAEs held, {len(visitors)} others read one at a time"]))
+    interventions_sae_reads = (len(key) + len(visitors)) * sae.weight_bytes()
 
     model_fp32 = config.model.dtype == "float32"
     for phase in phases:
         # Every job but the model's own build loads the weights (and the key layers' SAEs) first.
         load = 0.0 if phase.phase == "language_model" else weights
-        if phase.phase in ("attribution_graphs", "interventions"):
+        if phase.phase == "attribution_graphs":
             load += len(key) * sae.weight_bytes()
+        if phase.phase == "interventions":
+            load += interventions_sae_reads
         if phase.phase == "feature_dashboards":
             load += sae.weight_bytes()
         if not phase.uses_gpu and device.is_gpu:

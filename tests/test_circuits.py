@@ -16,7 +16,7 @@ from interp_assets.core.graph_export import graph_json, labels_from, upload_name
 from interp_assets.core.influence import cumulative_scores, node_influence, normalize_matrix
 from interp_assets.core.behaviours import generate_prompts
 from interp_assets.core.hooks import hooked, recording
-from interp_assets.core.interventions import ALL_POSITIONS, Experiment, InterventionRunner
+from interp_assets.core.interventions import ALL_POSITIONS, Experiment, InterventionRunner, SaeCache, plan_experiments
 from interp_assets.core.modeling import load_model_and_tokenizer
 from interp_assets.core.prompt_pairs import logit_diff, run_logits, tokenize_pairs
 from interp_assets.core.sae import SaeSpec, SparseAutoencoder
@@ -95,6 +95,31 @@ def test_sae_feature_patching_with_the_clean_error_term_is_raw_patching(lab) -> 
     assert not torch.allclose(raw.ld, features.ld)
     nothing = runner.run(Experiment("n", "activation_patching", "control_nothing", "patching"))
     assert not torch.allclose(raw.ld, nothing.ld)
+
+
+def test_a_patching_sweep_reads_each_sae_once_and_holds_one_beyond_the_key_layers(lab) -> None:  # noqa: ANN001
+    """The interventions task's SaeCache: key-layer SAEs stay loaded, any other layer's is read
+    when the sweep reaches it and dropped for the next; results equal those with every SAE held."""
+    model, tokenizer, pairs, saes = lab
+    d_in = model.config.intermediate_size
+    every = {**saes, 1: _random_sae(d_in, 2 * d_in, 1)}
+    reads: list[int] = []
+
+    def load(layer: int) -> SparseAutoencoder:
+        reads.append(layer)
+        return every[layer]
+
+    cache = SaeCache(load, [1, 2, 3, 4], resident=[3, 4], device="cpu")
+    assert reads == [3, 4] and 1 in cache and 2 in cache and reads == [3, 4]  # `in` reads nothing
+    sets = {"test": pairs, "patching": pairs}
+    lazy = InterventionRunner(model, cache, HOOK, sets, tokenizer.pad_token_id, circuit_layers=[3, 4], batch_size=10)
+    eager = InterventionRunner(model, every, HOOK, sets, tokenizer.pad_token_id, circuit_layers=[3, 4], batch_size=10)
+    sweep = [e for e in plan_experiments([(3, -1, 0), (4, -1, 1)], [1, 2, 3, 4], pairs.max_length, 1, 2, 2)]
+    for experiment in sweep:
+        held = {layer for layer in (1, 2) if cache._visitor is not None and cache._visitor[0] == layer}
+        assert len(held) <= 1
+        torch.testing.assert_close(lazy.run(experiment).ld, eager.run(experiment).ld, atol=1e-5, rtol=0)
+    assert sorted(reads) == [1, 2, 3, 4] and cache.loads == 4  # each layer's SAE read once
 
 
 def test_ablating_a_feature_that_is_never_active_changes_nothing(lab) -> None:  # noqa: ANN001

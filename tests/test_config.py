@@ -68,6 +68,7 @@ def test_qwen_preset_validates_layers_against_the_real_model_config(tmp_path: Pa
         ({"prompts": {"behaviours": ["ioi", "sarcasm"]}}, r"prompts\.behaviours: unknown behaviour\(s\) \['sarcasm'\]"),
         ({"sae": {"batch_size": -4}}, r"sae\.batch_size: Input should be greater than or equal to 1"),
         ({"attribution": {"key_layers": [2, 5]}}, r"attribution\.key_layers \[5\] are not in activations\.layers"),
+        ({"interventions": {"patching_layers": [2, 9]}}, r"interventions\.patching_layers \[9\] are not in activations\.layers"),
         ({"model": {"source": "pretrained", "tiny": None}}, r"model: .*source: pretrained needs path"),
         ({"experiment": {"name": "../escape"}}, r"experiment\.name: String should match pattern"),
     ],

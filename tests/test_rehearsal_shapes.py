@@ -26,6 +26,9 @@ CI_SIZE = {
     "activations": {"layers": "0-1", "batch_size": 4, "shard_max_vectors": 64},
     "corpus": {"seq_len": 12, "max_tokens": 48, "eval_tokens": 24},
     "attribution": {"key_layers": [0, 1]},
+    # 11008 → 11008: the SAE at the real input width, its expansion cut (a 44,032-wide SAE in
+    # training is 15.5 GB, the rehearsal's own job in benchmarks/).
+    "sae": {"expansion_factor": 1, "batch_size": 16, "steps": 2},
 }
 
 
@@ -68,7 +71,7 @@ def test_a_random_model_needs_its_architecture_and_no_path() -> None:
         parse_config(deep_update(base, {"model": {"random": {"num_kv_heads": 3}}}))
 
 
-def test_build_plan_and_capture_at_the_real_widths(tmp_path: Path) -> None:
+def test_every_phase_at_the_real_widths(tmp_path: Path) -> None:
     config_path = _config(tmp_path)
     config = load_config(config_path)
     shape = model_shape(config)
@@ -110,3 +113,28 @@ def test_build_plan_and_capture_at_the_real_widths(tmp_path: Path) -> None:
                 vectors = safetensors.torch.load_file(layer_dir / shard["file"])["activations"]
                 assert vectors.shape == (shard["n_vectors"], 11008) and vectors.dtype == torch.bfloat16
                 assert bool(torch.isfinite(vectors.float()).all()) and float(vectors.float().abs().max()) > 0
+
+    # The phases after capture, each as its SLURM job runs it: widths 2048 / 11008, BF16 weights.
+    for behaviour in config.prompts.behaviours:
+        _worker("baselines", config_path, behaviour)
+    _worker("saes", config_path, "0", "1")
+    for layer in (0, 1):
+        weights = safetensors.torch.load_file(tmp_path / "storage" / "saes" / "mlp_post" / f"layer_{layer:03d}"
+                                              / "sae_weights.safetensors")
+        assert weights["W_enc"].shape == (11008, 11008) and weights["W_dec"].shape == (11008, 11008)
+    _worker("feature_dashboards", config_path, "0", "1")
+    import polars as pl
+
+    latents = pl.read_parquet(tmp_path / "storage" / "dashboards" / "mlp_post" / "layer_001" / "latents.parquet")
+    assert latents.height == 11008
+    # dashboards.logit_latents (1,024 in the rehearsal): token tables for the busiest latents only
+    with_tables = latents.filter(pl.col("promoted_tokens").list.len() == 10)
+    assert with_tables.height == 1024 and latents.filter(pl.col("promoted_tokens").list.len() == 0).height == 11008 - 1024
+    assert with_tables["n_firing"].min() >= latents.filter(pl.col("promoted_tokens").list.len() == 0)["n_firing"].max()
+    for behaviour in config.prompts.behaviours:
+        graph = _worker("attribution_graphs", config_path, behaviour)["metadata"]
+        assert graph["n_nodes"] > 0
+        document = json.loads((tmp_path / "storage" / "attribution" / "mlp_post" / behaviour / "graph.json").read_text())
+        assert {node["feature_type"] for node in document["nodes"]} >= {"embedding", "logit"}
+        interventions = _worker("interventions", config_path, behaviour)["metadata"]
+        assert interventions["n_experiments"] > 0

@@ -109,6 +109,8 @@ ASSUMPTIONS = {
                                "cpu_rates.json; the same on a GPU node)"),
     "sae_init_params_per_second": (153e6, "SAE parameters drawn per second (randn, row norms: measured on this "
                                           "CPU, cpu_rates.json; on a GPU node the draw runs on the host too)"),
+    "first_touch_bandwidth": (4.3e9, "bytes/s of fresh host memory written the first time (page faults: an SAE's "
+                                     "gradients and Adam moments on the CPU; measured here, cpu_rates.json)"),
     "sha256_bandwidth": (1.1e9, "bytes/s of sha256 (the weights' fingerprints; measured on this CPU)"),
     "dashboard_contexts_per_second": (28e3, "top contexts written per second after a dashboard's pass (columns, "
                                             "Neuronpedia JSON, Parquet; measured on this CPU, cpu_rates.json)"),

@@ -43,7 +43,7 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
     import polars as pl
 
     from interp_assets.core.circuit_stats import faithfulness_table
-    from interp_assets.core.interventions import InterventionRunner, plan_experiments, summarise
+    from interp_assets.core.interventions import InterventionRunner, SaeCache, plan_experiments, summarise
     from interp_assets.core.plots import faithfulness_figure, png_markdown
 
     config, section = ctx.config, ctx.config.interventions
@@ -57,13 +57,15 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
              .sort(pl.col("attribution").abs(), descending=True))
     ranked_all = [(r["layer"], r["offset"], r["feature"]) for r in nodes.iter_rows(named=True)]
     ranked_features = [node for node in ranked_all if node[2] >= 0]
-    layers = sorted(config.activations.layers)
+    layers = sorted(section.patching_layers or config.activations.layers)
     circuit_layers = key_layers(config)
 
     prompts = store.read_parquet(prompts_relpath(behaviour))
     test = prompts.filter(pl.col("split") == "test")
     model, tokenizer = load_model(ctx)
-    saes = load_saes(ctx, layers)
+    # Key layers' SAEs stay loaded; the patching sweep reads each other layer's SAE when it gets there.
+    saes = SaeCache(lambda layer: load_saes(ctx, [layer])[layer], sorted({*layers, *circuit_layers}), circuit_layers,
+                    next(model.parameters()).device)
     test_pairs = prompt_pairs(tokenizer, test)
     patching_pairs = prompt_pairs(tokenizer, test.head(section.patching_pairs))
     runner = InterventionRunner(model, saes, config.activations.hook_point,
@@ -74,7 +76,7 @@ def task_interventions(ctx: TaskContext) -> TaskResult:
 
     # Finished experiments so far: parts written every `checkpoint_every` experiments.
     checkpoint = interventions_checkpoint_relpath(config, behaviour)
-    fingerprint = _experiments_fingerprint(ctx, behaviour, layers)
+    fingerprint = _experiments_fingerprint(ctx, behaviour, sorted({*layers, *circuit_layers}))
     done: dict[str, dict[str, Any]] = {}
     if store.exists(f"{checkpoint}/fingerprint.json") and store.read_json(f"{checkpoint}/fingerprint.json") == fingerprint:
         for name in sorted(store.list(checkpoint)):
