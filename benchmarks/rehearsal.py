@@ -53,6 +53,8 @@ def _cut(data: dict, layers: int) -> dict:
     data["activations"]["layers"] = kept
     keys = [layer for layer in data.get("attribution", {}).get("key_layers", []) if layer in kept] or kept
     data.setdefault("attribution", {})["key_layers"] = keys
+    if data.get("interventions", {}).get("patching_layers"):
+        data["interventions"]["patching_layers"] = keys
     return data
 
 

@@ -26,6 +26,7 @@ CI_SIZE = {
     "activations": {"layers": "0-1", "batch_size": 4, "shard_max_vectors": 64},
     "corpus": {"seq_len": 12, "max_tokens": 48, "eval_tokens": 24},
     "attribution": {"key_layers": [0, 1]},
+    "interventions": {"patching_layers": [0, 1]},
     # 11008 → 11008: the SAE at the real input width, its expansion cut (a 44,032-wide SAE in
     # training is 15.5 GB, the rehearsal's own job in benchmarks/).
     "sae": {"expansion_factor": 1, "batch_size": 16, "steps": 2},
@@ -77,7 +78,7 @@ def test_every_phase_at_the_real_widths(tmp_path: Path) -> None:
     shape = model_shape(config)
     assert (shape.hidden, shape.intermediate, shape.layers, shape.vocab) == (2048, 11008, 2, 1024)
     plan = plan_for(config, "cpu")
-    assert plan.phase("saes").jobs == 2 and plan.sae.d_sae == 4 * 11008
+    assert plan.phase("saes").jobs == 2 and plan.sae.d_sae == 11008  # expansion cut to 1 here
 
     built = _worker("language_model", config_path)
     model_dir = Path(built["metadata"]["path"])
