@@ -117,7 +117,8 @@ def sae_init_rate(d_in: int, repeats: int) -> float:
 def dashboard_rate(d_sae: int) -> float:
     """Contexts written per second after the streaming pass, for a state whose every slot is kept."""
     sys.path.insert(0, str(ROOT))
-    from interp_assets.core.dashboards import DashboardSettings, TopContexts, context_rows, neuronpedia_batch
+    from interp_assets.core.dashboard_export import neuronpedia_batch
+    from interp_assets.core.dashboards import DashboardSettings, TopContexts, context_rows
     from interp_assets.tasks.feature_dashboards import _schemas, inconsistent_contexts, table_from_columns
 
     settings = DashboardSettings()

@@ -8,6 +8,10 @@ Shapes come from the config and the model's own config (``AutoConfig`` of ``mode
 tiny and random models from their spec): nothing here knows Qwen's dimensions. The arithmetic is
 ``interp_assets.core.resource_model``; the SLURM resource sizes ``time: auto`` / ``mem: auto``
 jobs with ``task_requirements``.
+
+One module on purpose (about 430 lines): ``_phases`` estimates every phase in the order the study
+runs it, each from the config sections that phase's worker reads; split across files, a reader
+checking one SLURM task's figure against its worker would have to follow it through several.
 """
 
 from __future__ import annotations

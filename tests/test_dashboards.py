@@ -16,9 +16,10 @@ from helpers import write_config
 
 from interp_assets.artifacts import tiny_model_relpath
 from interp_assets.config import load_config
+from interp_assets.core.dashboard_export import NEURONPEDIA_FEATURE_FIELDS, neuronpedia_batch
 from interp_assets.core.dashboards import (
-    ACTIVATION_HISTOGRAM_EDGES, LOGIT_HISTOGRAM_BINS, NEURONPEDIA_FEATURE_FIELDS, DashboardSettings, TopContexts, _stable_top_k, collect_top_contexts, context_rows,
-    decoder_logit_effects, density_histogram, feature_label, final_norm_weight, latent_rows, neuronpedia_batch,
+    ACTIVATION_HISTOGRAM_EDGES, LOGIT_HISTOGRAM_BINS, DashboardSettings, TopContexts, _stable_top_k, collect_top_contexts, context_rows,
+    decoder_logit_effects, density_histogram, feature_label, final_norm_weight, latent_rows,
 )
 from interp_assets.core.hooks import forward_until_recorded, hook_module, recording
 from interp_assets.core.modeling import load_model_and_tokenizer

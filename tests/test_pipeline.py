@@ -220,7 +220,8 @@ def _dashboards(study: Study) -> dg.ExecuteInProcessResult:
 
 def test_feature_dashboards_for_all_layers_in_one_run(study: Study) -> None:
     from interp_assets.artifacts import dashboards_relpath
-    from interp_assets.core.dashboards import NEURONPEDIA_FEATURE_FIELDS, feature_label
+    from interp_assets.core.dashboard_export import NEURONPEDIA_FEATURE_FIELDS
+    from interp_assets.core.dashboards import feature_label
 
     result = _dashboards(study)
     assert result.success

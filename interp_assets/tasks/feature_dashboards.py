@@ -110,8 +110,9 @@ def build_layer(ctx: TaskContext, layer: int, model, tokenizer, text: DashboardT
     """One layer's dashboards, written as one folder; returns its summary (metadata, data version)."""
     import polars as pl
 
+    from interp_assets.core.dashboard_export import neuronpedia_batch
     from interp_assets.core.dashboards import (
-        collect_top_contexts, context_rows, decoder_logit_effects, density_histogram, latent_rows, neuronpedia_batch,
+        collect_top_contexts, context_rows, decoder_logit_effects, density_histogram, latent_rows,
     )
     from interp_assets.core.hooks import transformer_lens_name
     from interp_assets.core.plots import density_histogram_figure, png_markdown
