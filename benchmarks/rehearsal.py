@@ -244,10 +244,13 @@ def main() -> None:
         tmp.replace(out)
 
     wanted = args.phases.split(",")
-    key_layers = {str(layer) for layer in config.attribution.key_layers or config.activations.layers}
+    # Later phases read the key layers' SAEs (graphs, circuits) and the patched layers' (interventions).
+    read_later = {str(layer) for layer in (*(config.attribution.key_layers or config.activations.layers),
+                                           *(config.interventions.patching_layers or config.activations.layers))}
     # A layer's SAE is trained, then its dashboards built, before the next layer's SAE: 15 full-width
     # SAEs are 58 GB, more than this machine's disk beside the model; with --drop-unused-saes the
-    # weights of a layer that no later phase reads (not a key layer) go once its dashboards exist.
+    # weights of a layer that no later phase reads (neither a key nor a patched layer) go once its
+    # dashboards exist.
     # Each phase is still measured job by job, as its SLURM array would run.
     order: list[tuple[str, list[str]]] = []
     for phase in wanted:
@@ -267,7 +270,7 @@ def main() -> None:
         runs[phase].append(run)
         print(f"{phase} {partitions}: {run['seconds']} s, peak RSS {run['peak_rss_bytes'] / 1e9:.2f} GB, "
               f"wrote {run['bytes_written'] / 1e9:.2f} GB", flush=True)
-        if (args.drop_unused_saes and phase == "feature_dashboards" and partitions[0] not in key_layers):
+        if (args.drop_unused_saes and phase == "feature_dashboards" and partitions[0] not in read_later):
             from interp_assets.artifacts import saes_relpath
 
             shutil.rmtree(storage / saes_relpath(config, int(partitions[0])))
