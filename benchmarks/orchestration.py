@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--task", choices=["activations", "saes"], default="activations")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sae-steps", type=int, default=50)
-    parser.add_argument("--storage", type=Path, default=ROOT / "dagster_home" / "storage")
+    parser.add_argument("--storage", type=Path, default=ROOT / "studies" / "tiny",
+                        help="the tiny study's folder (storage root / prefix) to copy models and inputs from")
     parser.add_argument("--backend", choices=["local", "slurm"], default="local")
     args = parser.parse_args()
 
@@ -55,8 +56,8 @@ def main() -> None:
         tmp = Path(tmp)
         for name in needed:
             shutil.copytree(args.storage / name, tmp / "storage" / name)
-        data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-        data["storage"]["root"] = str(tmp / "storage")
+        data = yaml.safe_load((ROOT / "configs" / "experiments" / "tiny.yaml").read_text())
+        data["storage"] = {"root": str(tmp), "prefix": "storage"}
         steps = args.sae_steps
         data["sae"].update(steps=steps, checkpoint_every=steps, log_every=steps, lr_warmup_steps=steps // 10,
                            lr_decay_steps=steps // 5, l1_warmup_steps=steps // 10, dead_window_steps=steps // 2,
@@ -77,7 +78,7 @@ def main() -> None:
             reset()
             with dg.instance_for_test() as instance:
                 started = time.perf_counter()
-                result = dg.materialize(list(defs.assets), selection=[args.task], instance=instance,
+                result = dg.materialize(list(defs.assets), selection=[config.asset_key(args.task)], instance=instance,
                                         resources=dict(defs.resources), tags=tags)
                 seconds = time.perf_counter() - started
             assert result.success
@@ -138,6 +139,7 @@ def _job_times(job_ids: list[str]) -> list[dict[str, float]]:
 def _slurm(args: argparse.Namespace, tmp: Path, config_path: Path, defs, keys: list[str], reset, direct) -> None:  # noqa: ANN001
     """Dagster + SlurmCompute on the local cluster: k layers as one array job vs k single-layer runs."""
     import dagster as dg
+    from interp_assets.config import load_config
 
     from resources.slurm import SlurmCompute
 
@@ -149,7 +151,7 @@ def _slurm(args: argparse.Namespace, tmp: Path, config_path: Path, defs, keys: l
             for partitions in partition_sets:
                 tags = {"dagster/asset_partition_range_start": partitions[0],
                         "dagster/asset_partition_range_end": partitions[-1]}
-                result = dg.materialize(list(defs.assets), selection=[args.task], instance=instance,
+                result = dg.materialize(list(defs.assets), selection=[load_config(config_path).asset_key(args.task)], instance=instance,
                                         resources={"compute": compute}, tags=tags)
                 assert result.success
                 for md in (m.metadata for m in result.asset_materializations_for_node(args.task)):

@@ -212,7 +212,7 @@ def main() -> None:
         "attribution_graphs": [[b] for b in behaviours],
         "interventions": [[b] for b in behaviours],
     }
-    storage = Path(config.storage.root)
+    storage = Path(config.storage.location)
     phases: dict = {}
     if args.work and out_path(config, args.device).exists():
         phases = json.loads(out_path(config, args.device).read_text()).get("phases", {})

@@ -78,7 +78,7 @@ def with_automation(assets: list[dg.AssetsDefinition], skip: set[str] = NOT_AUTO
     condition = rematerialize_when_stale()
 
     def add_condition(spec: dg.AssetSpec) -> dg.AssetSpec:
-        if spec.key.to_user_string() in skip:
+        if spec.key.path[-1] in skip:  # the asset's name, under its experiment's prefix
             return spec
         return spec.replace_attributes(automation_condition=condition)
 
@@ -88,7 +88,7 @@ def with_automation(assets: list[dg.AssetsDefinition], skip: set[str] = NOT_AUTO
 def automation_sensor(config: ExperimentConfig) -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         "rematerialize_stale",
-        target=dg.AssetSelection.all() - dg.AssetSelection.assets(*not_automated(config)),
+        target=dg.AssetSelection.all() - dg.AssetSelection.assets(*(config.asset_key(a) for a in not_automated(config))),
         default_status=(
             dg.DefaultSensorStatus.RUNNING if config.automation.enabled else dg.DefaultSensorStatus.STOPPED
         ),

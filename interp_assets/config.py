@@ -6,7 +6,7 @@ hook point, model path) also run at load, before any job is launched: an invalid
 reaches the cluster. Errors are ``ConfigError`` and name the field and the fix.
 
 One file on purpose (over 400 lines): the whole schema, every section with its defaults and their
-reasons, reads top to bottom in one place, as configs/tiny.yaml lists it.
+reasons, reads top to bottom in one place, as configs/experiments/tiny.yaml lists it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ from interp_assets.core.behaviours import BEHAVIOURS
 from interp_assets.core.hooks import HOOK_POINTS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "tiny.yaml"
+EXPERIMENTS_DIR = PROJECT_ROOT / "configs" / "experiments"
+"""The lab's experiments: every config here is a code location of the workspace (interp_assets/workspace.py)."""
+DEFAULT_CONFIG_PATH = EXPERIMENTS_DIR / "tiny.yaml"
+DEFAULT_STUDIES_ROOT = PROJECT_ROOT / "studies"
+"""Where artifacts live by default, apart from the Dagster instance's own files (dagster_home/)."""
+SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 CONFIG_ENV_VAR = "INTERP_ASSETS_CONFIG"
 
 
@@ -50,12 +55,28 @@ class _Section(BaseModel):
 
 
 class ExperimentSection(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    """Short id of the study; used in run tags and artifact metadata."""
+    name: str
+    """The experiment's identifier: its asset-key prefix, code-location name, pool names, run tag
+    and (unless ``storage.prefix`` says otherwise) its folder under the storage root."""
     paper_id: str = "unpublished"
     researcher: str = "unknown"
     seed: int = Field(default=0, ge=0)
     """Master seed; sections that draw random numbers derive their own from it."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_identifier(cls, value: str) -> str:
+        # Lowercase only: two experiments "Tiny" and "tiny" would share a folder on a
+        # case-insensitive file system (macOS) while Dagster keeps their asset keys apart.
+        if not SAFE_NAME.match(value):
+            suggestion = re.sub(r"[^a-z0-9_]+", "_", value.lower()).strip("_")[:40] or "my_study"
+            if not suggestion[0].isalpha():
+                suggestion = f"x_{suggestion}"[:40]
+            raise ValueError(
+                f"{value!r} is not a safe identifier: it becomes the experiment's asset-key prefix, code "
+                "location, pool names and storage folder; use lowercase letters, digits and underscores, "
+                f"starting with a letter, at most 40 characters (e.g. {suggestion!r})")
+        return value
 
 
 class TinyModelSection(_Section):
@@ -453,11 +474,33 @@ class AutomationSection(_Section):
 
 
 class StorageSection(_Section):
-    root: PathOrUrl = "../dagster_home/storage"
-    """Where artifacts live: a local folder (relative to the config file) or an fsspec URL."""
+    root: PathOrUrl = str(DEFAULT_STUDIES_ROOT)
+    """Where the lab's artifacts live: a local folder (relative to the config file) or an fsspec
+    URL. Never inside DAGSTER_HOME: the study's data and the instance's bookkeeping stay apart."""
+    prefix: str
+    """This experiment's folder under ``root`` (and under every tier): defaults to
+    ``experiment.name``, so two experiments never write each other's files."""
     tiers: dict[str, PathOrUrl] = {}
     """Other roots for some top-level folders, as the lab keeps them: e.g. ``activations`` and
     ``checkpoints`` on the hot scratch filesystem, everything else on the versioned bucket."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _relative_folder(cls, value: str) -> str:
+        parts = value.split("/")
+        if not value or any(not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", part) for part in parts):
+            raise ValueError(f"{value!r} is not a relative folder: give one or more names of letters, digits, '.', "
+                             "'_' or '-' separated by '/' (no '..', no leading '/'), or leave it out to use "
+                             "experiment.name")
+        return value
+
+    @property
+    def location(self) -> str:
+        """root/prefix: the folder (or URL) every relpath of interp_assets.artifacts is under."""
+        return join_root(self.root, self.prefix)
+
+    def tier_locations(self) -> dict[str, str]:
+        return {folder: join_root(root, self.prefix) for folder, root in self.tiers.items()}
 
     @field_validator("tiers")
     @classmethod
@@ -469,6 +512,12 @@ class StorageSection(_Section):
         if empty:
             raise ValueError(f"empty root for {empty}: give a folder or an fsspec URL, or drop the entry")
         return value
+
+
+def join_root(root: str, prefix: str) -> str:
+    if "://" in root:
+        return f"{root.rstrip('/')}/{prefix}"
+    return os.path.join(root, prefix)
 
 
 _PARTITION_SELECTING_FIELDS: dict[str, set[str]] = {"activations": {"layers"}, "sae": {"stream_layers_per_task"}}
@@ -488,10 +537,25 @@ class ExperimentConfig(_Section):
     interventions: InterventionsSection = InterventionsSection()
     dashboards: DashboardsSection = DashboardsSection()
     automation: AutomationSection = AutomationSection()
-    storage: StorageSection = StorageSection()
+    storage: StorageSection
+    """(Filled in before validation when absent: the default root, prefix experiment.name.)"""
 
     source_path: str | None = Field(default=None, exclude=True)
     """Where this config was read from (not part of any hash)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storage_prefix_defaults_to_name(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        storage = data.get("storage", {})
+        if not isinstance(storage, dict) or "prefix" in storage:
+            return data
+        experiment = data.get("experiment")
+        name = experiment.get("name") if isinstance(experiment, dict) else None
+        # An unsafe or missing name is reported on experiment.name alone, not again as a prefix.
+        prefix = name if isinstance(name, str) and SAFE_NAME.match(name) else "unnamed"
+        return {**data, "storage": {**storage, "prefix": prefix}}
 
     @model_validator(mode="before")
     @classmethod
@@ -545,6 +609,21 @@ class ExperimentConfig(_Section):
         return digest[:16]
 
     @property
+    def name(self) -> str:
+        return self.experiment.name
+
+    def asset_key(self, asset: str) -> Any:  # noqa: ANN401 - dagster.AssetKey (Dagster stays out of the config's imports)
+        """An asset's key in this experiment's namespace: ``<experiment.name>/<asset>``."""
+        import dagster as dg
+
+        return dg.AssetKey([self.experiment.name, asset])
+
+    def pool(self, asset: str) -> str:
+        """The concurrency pool of one asset of this experiment: two runs never write the same
+        asset at once, while other assets and other experiments run beside them."""
+        return f"{self.experiment.name}.{asset}"
+
+    @property
     def layer_keys(self) -> list[str]:
         return [str(layer) for layer in self.activations.layers]
 
@@ -559,7 +638,7 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         field = ".".join(str(part) for part in item["loc"])
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see configs/tiny.yaml for every key)"
+            message = "unknown key (check the spelling; see configs/experiments/tiny.yaml for every key)"
         elif message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         # Cross-section checks name their fields in the message itself.
@@ -660,8 +739,43 @@ def corpus_identity(config: ExperimentConfig) -> str:
     return content_fingerprint(corpus_spec(config), extra)[:16]
 
 
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def _with_base(data: dict[str, Any], config_path: Path) -> dict[str, Any]:
+    """``base: other.yaml`` (relative to this file): that config with this file's keys on top, so an
+    experiment that differs in a few settings says only those. The base's relative paths are
+    read from this file's folder: keep both in one folder. One level, no chains."""
+    base_name = data["base"]
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise ConfigError(f"invalid experiment config {config_path}:\n  base: give the file name of another config "
+                          "(e.g. base: tiny.yaml), or drop the key")
+    base_path = (config_path.parent / base_name).resolve()
+    if not base_path.is_file() or base_path == config_path:
+        raise ConfigError(f"invalid experiment config {config_path}:\n  base: {base_name!r} is not another config "
+                          f"file next to it ({base_path} does not exist or is this file)")
+    base = yaml.safe_load(base_path.read_text(encoding="utf-8"))
+    if not isinstance(base, dict) or "base" in base:
+        raise ConfigError(f"invalid experiment config {config_path}:\n  base: {base_path} must be a config "
+                          "without a base of its own")
+    own = {key: value for key, value in data.items() if key != "base"}
+    if not isinstance(own.get("experiment"), dict) or "name" not in own["experiment"]:
+        raise ConfigError(f"invalid experiment config {config_path}:\n  experiment.name: a config built on "
+                          f"base {base_name!r} must name its own experiment (else both would share asset keys "
+                          "and a storage folder)")
+    if "prefix" not in (base.get("storage") or {}) or "prefix" in (own.get("storage") or {}):
+        return _merged(base, own)
+    # The base's prefix is its own experiment's folder, not this one's: default to this name.
+    base = {**base, "storage": {k: v for k, v in base["storage"].items() if k != "prefix"}}
+    return _merged(base, own)
+
+
 def load_config(path: str | Path | None = None) -> ExperimentConfig:
-    """Read, validate and check a config file; ``None`` means $INTERP_ASSETS_CONFIG or configs/tiny.yaml."""
+    """Read, validate and check a config file; ``None`` means $INTERP_ASSETS_CONFIG or configs/experiments/tiny.yaml."""
     config_path = Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH).resolve()
     if not config_path.is_file():
         raise ConfigError(f"{CONFIG_ENV_VAR}: config file {config_path} does not exist")
@@ -672,6 +786,8 @@ def load_config(path: str | Path | None = None) -> ExperimentConfig:
                           f"{error.start})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"invalid experiment config {config_path}: not valid YAML: {error}") from None
+    if isinstance(data, dict) and "base" in data:
+        data = _with_base(data, config_path)
     config = parse_config(data, source=str(config_path), base_dir=config_path.parent)
     check_against_model(config)
     check_corpus(config)

@@ -45,7 +45,7 @@ def materialize_study(config_path: str | None, instance: dg.DagsterInstance) -> 
         started = time.perf_counter()
         print(f"[main] {what} ...", flush=True)
         result = dg.materialize(
-            assets, selection=selection, instance=instance, resources=resources, raise_on_error=False, **kwargs
+            assets, selection=[config.asset_key(name) for name in selection], instance=instance, resources=resources, raise_on_error=False, **kwargs
         )
         print(f"[main] {what}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f}s "
               f"(run {result.run_id})", flush=True)
@@ -69,7 +69,7 @@ def materialize_study(config_path: str | None, instance: dg.DagsterInstance) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m interp_assets.main", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="experiment config (default: $INTERP_ASSETS_CONFIG or configs/tiny.yaml)")
+    parser.add_argument("--config", help="experiment config (default: $INTERP_ASSETS_CONFIG or configs/experiments/tiny.yaml)")
     args = parser.parse_args(argv)
     instance = dg.DagsterInstance.get()
     failures = materialize_study(args.config, instance)

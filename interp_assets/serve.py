@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--socket", type=Path, help=f"the UI's Unix socket (default {DEFAULT_SOCKET})")
     where.add_argument("--tcp", type=int, metavar="PORT", help="serve on 127.0.0.1:PORT instead (a laptop)")
-    parser.add_argument("--workspace", type=Path, default=PROJECT_ROOT / "workspace.yaml")
+    parser.add_argument("--workspace", type=Path,
+                        help="default: one code location per experiment (interp_assets/workspace.py), written to "
+                             "$DAGSTER_HOME/workspace.yaml at start")
     args = parser.parse_args(argv)
     if args.what == "check-tcp":  # a laptop's `dagster dev`: nobody else may write the instance
         home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / "dagster_home").resolve()
@@ -128,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: refusing to start: {error}", file=sys.stderr)
         return 2
     os.environ["DAGSTER_HOME"] = str(home)
+    if args.workspace is None:
+        from interp_assets.workspace import main as write_workspace
+
+        args.workspace = home / "workspace.yaml"
+        if write_workspace(["--out", str(args.workspace)]) != 0:
+            return 2
     if args.tcp is not None and args.what != "daemon":
         _warn_if_shared(args.tcp)
     daemon = None

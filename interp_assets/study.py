@@ -1,7 +1,7 @@
 """A study's results in a notebook: ``open_study(config)`` and read, never write.
 
     import interp_assets
-    study = interp_assets.open_study("configs/tiny.yaml")
+    study = interp_assets.open_study("configs/experiments/tiny.yaml")
     study.baselines("ioi")                  # polars DataFrame
     study.sae(3)                            # SAELens ``SAE`` when sae_lens is installed, else ours
     study.graph("ioi").nodes                # the attribution graph: JSON dict + nodes/edges frames
@@ -65,7 +65,7 @@ class Study:
 
     def __repr__(self) -> str:
         return (f"Study({self.config.experiment.name!r}, model={self.config.model.name!r}, "
-                f"behaviours={list(self.behaviours)}, layers={list(self.layers)}, root={self.config.storage.root!r})")
+                f"behaviours={list(self.behaviours)}, layers={list(self.layers)}, root={self.config.storage.location!r})")
 
     # ---- what the study has ------------------------------------------------------------
     @property
@@ -186,6 +186,6 @@ class Study:
 
 def open_study(config: str | Path | ExperimentConfig | None = None) -> Study:
     """Open a study for reading: ``config`` is a config file (``None``: $INTERP_ASSETS_CONFIG or
-    configs/tiny.yaml, as the code location does) or an already loaded ``ExperimentConfig``."""
+    configs/experiments/tiny.yaml, as the code location does) or an already loaded ``ExperimentConfig``."""
     loaded = config if isinstance(config, ExperimentConfig) else load_config(config)
     return Study(loaded, open_store(loaded.storage))

@@ -250,6 +250,7 @@ for _name in ROUTED_METHODS:
 
 
 def open_store(storage: Any) -> ArtifactStore:
-    """The store for a config's ``storage`` section (``root`` + optional ``tiers``)."""
-    tiers = dict(getattr(storage, "tiers", {}) or {})
-    return TieredArtifactStore(storage.root, tiers) if tiers else ArtifactStore(storage.root)
+    """The store for a config's ``storage`` section: its experiment's folder (``prefix``) under
+    ``root``, and under each of the optional ``tiers``."""
+    tiers = storage.tier_locations()
+    return TieredArtifactStore(storage.location, tiers) if tiers else ArtifactStore(storage.location)

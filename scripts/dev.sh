@@ -13,4 +13,7 @@ mkdir -p "$DAGSTER_HOME"
 # A laptop's UI on 127.0.0.1: refused on a DAGSTER_HOME others can write, a warning where others log
 # in (on a shared login node use scripts/ui.sh: the UI on a private Unix socket).
 .venv/bin/python -m interp_assets.serve check-tcp --tcp "${PORT:-3000}"
-exec env --default-signal=INT,TERM .venv/bin/dagster dev -w workspace.yaml -h "${HOST:-127.0.0.1}" -p "${PORT:-3000}"
+# One code location per experiment of configs/experiments/ (or the one $INTERP_ASSETS_CONFIG names),
+# listed afresh at every start; two configs with one experiment.name stop it here.
+.venv/bin/python -m interp_assets.workspace --out "$DAGSTER_HOME/workspace.yaml"
+exec env --default-signal=INT,TERM .venv/bin/dagster dev -w "$DAGSTER_HOME/workspace.yaml" -h "${HOST:-127.0.0.1}" -p "${PORT:-3000}"

@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 from helpers import wait_for
 
-POOL = "compute"
+POOL = "tiny.baselines"  # the pool of the tiny experiment's baselines (config.pool)
 BLOCKED = f"Step blocked by limit for pool {POOL}"
 
 
@@ -56,17 +56,18 @@ def worker_pids(root_pid: int, task: str) -> list[int]:
     return pids
 
 
-def slot_holders(instance: dg.DagsterInstance) -> set[str]:
+def slot_holders(instance: dg.DagsterInstance, pool: str = POOL) -> set[str]:
     """Run ids holding a slot of the pool now."""
-    return {slot.run_id for slot in instance.event_log_storage.get_concurrency_info(POOL).claimed_slots}
+    return {slot.run_id for slot in instance.event_log_storage.get_concurrency_info(pool).claimed_slots}
 
 
 def run_events(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogEntry]:
     return list(instance.all_logs(run_id))
 
 
-def was_blocked(instance: dg.DagsterInstance, run_id: str) -> bool:
-    return any(entry.user_message.startswith(BLOCKED) for entry in run_events(instance, run_id))
+def was_blocked(instance: dg.DagsterInstance, run_id: str, pool: str = POOL) -> bool:
+    blocked = f"Step blocked by limit for pool {pool}"
+    return any(entry.user_message.startswith(blocked) for entry in run_events(instance, run_id))
 
 
 def step_window(instance: dg.DagsterInstance, run_id: str, step_key: str) -> tuple[float, float]:
@@ -92,11 +93,12 @@ class Paused:
     worker_pid: int | None
 
 
-def pause_slot_holder(instance: dg.DagsterInstance, root_pid: int, run_ids: set[str], task: str) -> Paused:
+def pause_slot_holder(instance: dg.DagsterInstance, root_pid: int, run_ids: set[str], task: str,
+                      pool: str = POOL) -> Paused:
     """Wait until one of ``run_ids`` holds the pool slot with its worker running, and SIGSTOP it."""
 
     def holder_with_worker() -> tuple[str, int] | None:
-        holders = slot_holders(instance) & run_ids
+        holders = slot_holders(instance, pool) & run_ids
         pids = worker_pids(root_pid, task)
         return (holders.pop(), pids[0]) if holders and pids else None
 
@@ -129,7 +131,7 @@ def assert_artifact_matches_latest_data_version(
     from resources.storage import ArtifactStore
 
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=100,
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(["tiny", asset]), asset_partitions=[partition]), limit=100,
     ).records
     by_run = {record.run_id: record.asset_materialization for record in records}
     assert run_ids <= set(by_run), f"runs {run_ids - set(by_run)} recorded no materialization of {asset} [{partition}]"
@@ -158,7 +160,7 @@ def cli_runs_take_turns(instance: dg.DagsterInstance, home: Path, config_path: P
 
     env = {**os.environ, "DAGSTER_HOME": str(home), "INTERP_ASSETS_CONFIG": str(config_path)}
     command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
-               "interp_assets.definitions", "--select", "baselines", "--partition", partition]
+               "interp_assets.definitions", "--select", "tiny/baselines", "--partition", partition]
     before = {run.run_id for run in instance.get_runs()}
 
     def new_runs() -> set[str]:

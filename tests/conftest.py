@@ -31,5 +31,5 @@ def tiny_model_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny-model-cache")
     config = load_config(write_config(root))
-    task_language_model(TaskContext(config, ArtifactStore(config.storage.root), [], log=lambda message: None))
-    return Path(config.storage.root)
+    task_language_model(TaskContext(config, ArtifactStore(config.storage.location), [], log=lambda message: None))
+    return Path(config.storage.location)

@@ -16,7 +16,7 @@ from typing import Any
 
 from helpers import PROJECT_ROOT
 
-LOCATION = "interp_assets"
+LOCATION = "tiny"  # the code location of the tests' experiment: its experiment.name
 REPOSITORY = "__repository__"
 
 
@@ -59,13 +59,18 @@ class DagsterDev:
         return self.log_path.read_text(errors="replace")[-n:]
 
 
-def start_dagster_dev(dagster_home: Path, config_path: Path, log_path: Path, timeout: float = 120,
-                      env: dict[str, str] | None = None) -> DagsterDev:
+def start_dagster_dev(dagster_home: Path, config_path: Path | None, log_path: Path, timeout: float = 120,
+                      env: dict[str, str] | None = None, experiments: Path | None = None) -> DagsterDev:
     """`scripts/dev.sh` with its own DAGSTER_HOME, config and port (and ``env`` on top, e.g. the
-    SLURM backend); returns once GraphQL answers."""
+    SLURM backend); returns once GraphQL answers. Without ``config_path``, the workspace is every
+    config of the folder ``experiments``, one code location each."""
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "INTERP_ASSETS_CONFIG": str(config_path), "PORT": str(port),
-           **(env or {})}
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PORT": str(port), **(env or {})}
+    env.pop("INTERP_ASSETS_CONFIG", None)
+    if config_path is not None:
+        env["INTERP_ASSETS_CONFIG"] = str(config_path)
+    if experiments is not None:
+        env["INTERP_ASSETS_EXPERIMENTS"] = str(experiments)
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         ["bash", str(PROJECT_ROOT / "scripts" / "dev.sh")], cwd=PROJECT_ROOT, env=env, stdout=log,
@@ -216,20 +221,21 @@ query Ticks($selector: SensorSelector!) {
 }"""
 
 
-def launch_assets(dev: DagsterDev, assets: list[str]) -> str:
-    """What the UI's Materialize button sends for unpartitioned assets."""
+def launch_assets(dev: DagsterDev, assets: list[str], experiment: str = LOCATION) -> str:
+    """What the UI's Materialize button sends for unpartitioned assets (of one experiment: its
+    code location and key prefix)."""
     result = dev.graphql(LAUNCH_RUN, {"executionParams": {
-        "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "pipelineName": "__ASSET_JOB",
-                     "assetSelection": [{"path": [a]} for a in assets], "assetCheckSelection": []},
+        "selector": {"repositoryLocationName": experiment, "repositoryName": REPOSITORY, "pipelineName": "__ASSET_JOB",
+                     "assetSelection": [{"path": [experiment, a]} for a in assets], "assetCheckSelection": []},
         "mode": "default", "executionMetadata": {"tags": []},
     }})["launchPipelineExecution"]
     assert result["__typename"] == "LaunchRunSuccess", result
     return result["run"]["runId"]
 
 
-def launch_backfill(dev: DagsterDev, assets: list[str], partitions: list[str]) -> str:
+def launch_backfill(dev: DagsterDev, assets: list[str], partitions: list[str], experiment: str = LOCATION) -> str:
     result = dev.graphql(LAUNCH_BACKFILL, {"backfillParams": {
-        "assetSelection": [{"path": [a]} for a in assets], "partitionNames": partitions, "fromFailure": False,
+        "assetSelection": [{"path": [experiment, a]} for a in assets], "partitionNames": partitions, "fromFailure": False,
     }})["launchPartitionBackfill"]
     assert result["__typename"] == "LaunchBackfillSuccess", result
     return result["backfillId"]
@@ -265,3 +271,26 @@ def wait_for_run(dev: DagsterDev, run_id: str, timeout: float = 600) -> dict[str
 
 def sensor_selector(name: str) -> dict[str, str]:
     return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
+
+
+WORKSPACE = """
+query Workspace {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries { name loadStatus locationOrLoadError { __typename ... on PythonError { message causes { message } } } }
+    }
+  }
+}"""
+
+
+def workspace_locations(dev: DagsterDev, expected: int, timeout: float = 180) -> dict[str, dict[str, Any]]:
+    """Every code location of the workspace by name, once ``expected`` of them have finished loading."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = dev.graphql(WORKSPACE)["workspaceOrError"].get("locationEntries") or []
+        loaded = {e["name"]: e for e in entries if e["loadStatus"] == "LOADED"}
+        if len(loaded) >= expected:
+            return loaded
+        time.sleep(1)
+    raise AssertionError(f"the workspace's {expected} locations did not load in {timeout}s\n{dev.log_tail()}")

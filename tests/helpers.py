@@ -12,8 +12,23 @@ from typing import Any
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TINY_CONFIG = PROJECT_ROOT / "configs" / "tiny.yaml"
+TINY_CONFIG = PROJECT_ROOT / "configs" / "experiments" / "tiny.yaml"
 DATA = Path(__file__).resolve().parent / "data"
+
+
+EXPERIMENT = "tiny"
+"""configs/experiments/tiny.yaml's experiment.name: the prefix of every asset key of the tests' studies."""
+
+
+def in_experiment(names: list[str], experiment: str = EXPERIMENT) -> list[str]:
+    """Asset names as a selection of one experiment's keys (``tiny/saes``)."""
+    return [f"{experiment}/{name}" for name in names]
+
+
+def asset_key(name: str, experiment: str = EXPERIMENT):  # noqa: ANN201 - dagster.AssetKey
+    import dagster as dg
+
+    return dg.AssetKey([experiment, name])
 
 
 SMALL_CORPUS = {"generated_documents": 1500, "max_tokens": 8192, "eval_tokens": 1024}
@@ -44,7 +59,8 @@ def deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]
 
 def write_config(directory: Path, updates: dict[str, Any] | None = None, name: str = "config.yaml") -> Path:
     """tiny.yaml with ``updates`` merged in, storage under ``directory`` unless given."""
-    data = deep_update(tiny_config_dict(), {"storage": {"root": str(directory / "storage")}})
+    # root + prefix "storage": the experiment's files are under directory/storage/, as before namespaces.
+    data = deep_update(tiny_config_dict(), {"storage": {"root": str(directory), "prefix": "storage"}})
     data = deep_update(data, updates or {})
     path = directory / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))

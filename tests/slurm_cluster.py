@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import PROJECT_ROOT
+from helpers import PROJECT_ROOT, asset_key, in_experiment
 
 from interp_assets.definitions import build_definitions
 from resources.slurm import SlurmCompute
@@ -55,7 +55,7 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
 def materialize(config_path: Path, selection: list[str], compute: object, instance: dg.DagsterInstance,
                 **kwargs: object) -> dg.ExecuteInProcessResult:
     defs = build_definitions(config_path)
-    return dg.materialize(list(defs.assets), selection=selection, instance=instance,
+    return dg.materialize(list(defs.assets), selection=in_experiment(selection), instance=instance,
                           resources={"compute": compute}, raise_on_error=False, **kwargs)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import write_config
+from helpers import asset_key, in_experiment, write_config
 
 from interp_assets.config import load_config
 from interp_assets.definitions import build_definitions
@@ -43,7 +43,7 @@ class Sensor:
         self.defs = build_definitions(path)
 
     def partitions(self, asset: str) -> list[str | None]:
-        partitions_def = self.defs.resolve_asset_graph().get(dg.AssetKey(asset)).partitions_def
+        partitions_def = self.defs.resolve_asset_graph().get(asset_key(asset)).partitions_def
         return list(partitions_def.get_partition_keys()) if partitions_def else [None]
 
     def finish(self, asset: str, partitions: set[str | None] | None = None) -> None:
@@ -52,13 +52,13 @@ class Sensor:
             self.versions += 1
             version = hashlib.sha256(f"{asset}/{key}/{self.versions}".encode()).hexdigest()
             self.instance.report_runless_asset_event(
-                dg.AssetMaterialization(asset, partition=key, tags={"dagster/data_version": version}))
+                dg.AssetMaterialization(asset_key(asset), partition=key, tags={"dagster/data_version": version}))
 
     def tick(self) -> dict[str, set[str | None]]:
         """One sensor tick: what it requests, asset → partitions."""
         result = dg.evaluate_automation_conditions(self.defs, self.instance, cursor=self.cursor)
         self.cursor = result.cursor
-        requested = {key.to_user_string(): set(result.get_requested_partitions(key))
+        requested = {key.path[-1]: set(result.get_requested_partitions(key))
                      for key in self.defs.resolve_asset_graph().get_all_asset_keys()}
         return {asset: partitions for asset, partitions in requested.items() if partitions}
 
@@ -78,8 +78,8 @@ def test_every_phase_is_automated_and_targeted_by_the_sensor(tmp_path: Path) -> 
     defs = build_definitions(write_config(tmp_path))
     graph = defs.resolve_asset_graph()
     targeted = defs.resolve_sensor_def("rematerialize_stale").asset_selection.resolve(graph)
-    assert {key.to_user_string() for key in targeted} == set(ASSETS)
-    assert all(graph.get(dg.AssetKey(asset)).automation_condition is not None for asset in ASSETS)
+    assert {key.path[-1] for key in targeted} == set(ASSETS)
+    assert all(graph.get(asset_key(asset)).automation_condition is not None for asset in ASSETS)
 
 
 def test_an_attribution_edit_relaunches_graphs_then_interventions_and_nothing_else(sensor: Sensor) -> None:

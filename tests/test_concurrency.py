@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from concurrent_runs import cli_runs_take_turns
-from helpers import PROJECT_ROOT, seed_tiny_model, write_config
+from helpers import PROJECT_ROOT, asset_key, in_experiment, seed_tiny_model, write_config
 
 from interp_assets.definitions import build_definitions
 
@@ -38,6 +38,6 @@ def test_two_cli_runs_of_one_partition_on_the_sqlite_dev_instance_take_turns(
         assert instance.event_log_storage.supports_global_concurrency_limits
         defs = build_definitions(config_path)
         for selection, partition in ((["language_model"], None), (["prompts"], "ioi")):
-            dg.materialize(list(defs.assets), selection=selection, partition_key=partition, instance=instance,
+            dg.materialize(list(defs.assets), selection=in_experiment(selection), partition_key=partition, instance=instance,
                            resources=dict(defs.resources))
         cli_runs_take_turns(instance, home, config_path, tmp_path / "storage", tmp_path, "ioi")

@@ -23,12 +23,14 @@ def _qwen_model_dir(tmp_path: Path) -> Path:
 
 
 def test_tiny_preset_loads_with_layers_and_paths_resolved() -> None:
-    config = load_config(PROJECT_ROOT / "configs" / "tiny.yaml")
+    config = load_config(PROJECT_ROOT / "configs" / "experiments" / "tiny.yaml")
     assert config.model.source == "tiny"
     assert config.layer_keys == ["1", "2", "3", "4"]
     assert config.activations.hook_point == "mlp_post"
     assert Path(config.storage.root).is_absolute()
-    assert config.storage.root == str((PROJECT_ROOT / "dagster_home" / "storage").resolve())
+    # The lab's artifacts are apart from the Dagster instance (dagster_home/), in the experiment's folder.
+    assert config.storage.root == str((PROJECT_ROOT / "studies").resolve())
+    assert config.storage.location == str((PROJECT_ROOT / "studies" / "tiny").resolve())
 
 
 @pytest.mark.parametrize("preset", ["qwen2.5-3b.yaml", "qwen3-4b.yaml"])
@@ -70,7 +72,12 @@ def test_qwen_preset_validates_layers_against_the_real_model_config(tmp_path: Pa
         ({"attribution": {"key_layers": [2, 5]}}, r"attribution\.key_layers \[5\] are not in activations\.layers"),
         ({"interventions": {"patching_layers": [2, 9]}}, r"interventions\.patching_layers \[9\] are not in activations\.layers"),
         ({"model": {"source": "pretrained", "tiny": None}}, r"model: .*source: pretrained needs path"),
-        ({"experiment": {"name": "../escape"}}, r"experiment\.name: String should match pattern"),
+        ({"experiment": {"name": "../escape"}}, r"experiment\.name: '\.\./escape' is not a safe identifier: .* "
+                                               r"lowercase letters, digits and underscores.*\(e\.g\. 'escape'\)"),
+        ({"experiment": {"name": "Tiny-IOI"}}, r"experiment\.name: 'Tiny-IOI' is not a safe identifier.*'tiny_ioi'"),
+        ({"experiment": {"name": None}}, r"experiment\.name: Input should be a valid string"),
+        ({"storage": {"prefix": "../other_study"}}, r"storage\.prefix: '\.\./other_study' is not a relative folder"),
+        ({"storage": {"prefix": None}}, r"storage\.prefix: Input should be a valid string"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, updates: dict, message: str) -> None:

@@ -12,7 +12,7 @@ import dagster as dg
 import polars as pl
 import pytest
 import torch
-from helpers import save_text_dataset, seed_tiny_model, write_config
+from helpers import asset_key, in_experiment, save_text_dataset, seed_tiny_model, write_config
 
 from interp_assets.config import ConfigError, corpus_spec, load_config
 from interp_assets.core.corpus import CorpusError, CorpusSpec, is_held_out, read_windows, split_documents
@@ -186,7 +186,7 @@ def test_the_corpus_bytes_decide_the_staleness_of_exactly_the_assets_that_read_i
 
     def versions() -> dict[str, str]:
         graph = build_definitions(_text_study(tmp_path, corpus_file)).resolve_asset_graph()
-        return {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}
+        return {k.path[-1]: graph.get(k).code_version for k in graph.get_all_asset_keys()}
 
     before = versions()
     assert versions() == before  # reading it again changes nothing
@@ -199,7 +199,7 @@ def test_the_corpus_bytes_decide_the_staleness_of_exactly_the_assets_that_read_i
     stream = build_definitions(write_config(tmp_path, {"sae": {"data_source": "stream"}, "corpus": {
         "source": "text", "path": str(corpus_file), "text_documents": "line", "seq_len": 16, "max_tokens": 512,
         "eval_tokens": 64}}, name="s.yaml")).resolve_asset_graph()
-    assert "+corpus." in stream.get(dg.AssetKey("saes")).code_version
+    assert "+corpus." in stream.get(asset_key("saes")).code_version
 
 
 @pytest.mark.parametrize(
@@ -280,11 +280,11 @@ def test_a_corpus_too_small_for_its_budget_fails_before_anything_is_written(tmp_
             "source": "text", "path": str(corpus_file), "text_documents": "line", "seq_len": 16,
             "max_tokens": 1_000_000, "eval_tokens": 64, "held_out_fraction": 0.5}})
         config = load_config(config_path)
-        seed_tiny_model(config.storage.root, tiny_model_storage)
+        seed_tiny_model(config.storage.location, tiny_model_storage)
         defs = build_definitions(config_path)
         selection = ["activations"] if data_source == "cached" else ["saes"]
         with dg.instance_for_test() as instance:
-            result = dg.materialize(list(defs.assets or []), selection=selection, instance=instance,
+            result = dg.materialize(list(defs.assets or []), selection=in_experiment(selection), instance=instance,
                                     resources=dict(defs.resources or {}), raise_on_error=False,
                                     tags={"dagster/asset_partition_range_start": "1",
                                           "dagster/asset_partition_range_end": "2"})
@@ -295,7 +295,7 @@ def test_a_corpus_too_small_for_its_budget_fails_before_anything_is_written(tmp_
                              if entry.dagster_event and entry.dagster_event.is_engine_event
                              and entry.dagster_event.engine_event_data.error)
         assert "corpus.max_tokens: the training documents of" in logs and "lower corpus.max_tokens or add text" in logs
-        storage = Path(config.storage.root)
+        storage = Path(config.storage.location)
         assert not (storage / "activations").exists() or not list((storage / "activations").rglob("manifest.json"))
         assert not (storage / "saes").exists() or not list((storage / "saes").rglob("sae_weights.safetensors"))
         assert corpus_spec(config).max_tokens == 1_000_000

@@ -1,6 +1,6 @@
 """A run whose process is killed outright (SIGKILL: an OOM kill, a reboot, a closed tmux) releases
 what it holds (interp_assets/dead_runs.py): through the project's launcher (webserver + daemon),
-a run training layer 1's SAE holds the `compute` pool while a run of baselines waits; the first
+a run training layer 1's SAE holds the experiment's `saes` pool while a run of layer 2 waits; the first
 run's process is SIGKILLed mid-step. Within the stated time the dead run is FAILED, its worker
 is stopped, its pool slot is free, and the waiting run starts and succeeds."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster_dev import launch_backfill, start_private_ui
-from helpers import PROJECT_ROOT, SMALL_CORPUS, run_log, seed_tiny_model, wait_for, write_config
+from helpers import PROJECT_ROOT, SMALL_CORPUS, asset_key, in_experiment, run_log, seed_tiny_model, wait_for, write_config
 
 from interp_assets.dead_runs import CHECK_SECONDS, process_started_at, run_process
 from interp_assets.definitions import build_definitions
@@ -67,9 +67,9 @@ def test_a_killed_run_is_failed_its_slot_freed_and_the_waiting_run_goes_on(
     defs = build_definitions(config_path)
     with dg.instance_for_test() as scratch:  # the inputs, made beforehand
         for behaviour in ("ioi", "capitals"):
-            assert dg.materialize(list(defs.assets), selection=["prompts"], partition_key=behaviour,
+            assert dg.materialize(list(defs.assets), selection=in_experiment(["prompts"]), partition_key=behaviour,
                                   instance=scratch, resources=dict(defs.resources)).success
-        assert dg.materialize(list(defs.assets), selection=["activations"], instance=scratch,
+        assert dg.materialize(list(defs.assets), selection=in_experiment(["activations"]), instance=scratch,
                               resources=dict(defs.resources), tags={"dagster/asset_partition_range_start": "1",
                                                                     "dagster/asset_partition_range_end": "2"}).success
     home = tmp_path / "dagster_home"
@@ -82,13 +82,13 @@ def test_a_killed_run_is_failed_its_slot_freed_and_the_waiting_run_goes_on(
             (run,) = wait_for("the first run", lambda: _quietly(lambda: _runs_of(instance, first)), timeout=120, every=1)
             wait_for("its SAE training", lambda: "layer 1: step" in (_quietly(lambda: run_log(instance, run.run_id)) or ""),
                      timeout=300, every=1)
-            second = launch_backfill(ui, ["baselines"], ["ioi"])  # another asset's partition, same pool
+            second = launch_backfill(ui, ["saes"], ["2"])  # another partition of the asset: its pool, tiny.saes
             (waiting,) = wait_for("the second run", lambda: _quietly(lambda: _runs_of(instance, second)), timeout=120,
                                   every=1)
             time.sleep(5)
             assert instance.get_run_by_id(waiting.run_id).status in (
                 dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
-            assert "baselines ioi/clean" not in run_log(instance, waiting.run_id)  # held back by the pool
+            assert "layer 2: step" not in run_log(instance, waiting.run_id)  # held back by the pool
             pid, _ = run_process(instance, run.run_id)
             workers = _workers_of(run.run_id)
             assert workers and process_started_at(pid) is not None

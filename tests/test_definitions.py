@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import PROJECT_ROOT, write_config
+from helpers import PROJECT_ROOT, asset_key, in_experiment, write_config
 
 from interp_assets.definitions import build_definitions
 
@@ -29,21 +29,21 @@ EXPECTED_GRAPH = {
 
 
 def test_the_study_s_assets_with_partitions_and_dependencies() -> None:
-    defs = build_definitions(PROJECT_ROOT / "configs" / "tiny.yaml")
+    defs = build_definitions(PROJECT_ROOT / "configs" / "experiments" / "tiny.yaml")
     graph = defs.resolve_asset_graph()
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == set(EXPECTED_GRAPH)
+    assert {key.path[-1] for key in graph.get_all_asset_keys()} == set(EXPECTED_GRAPH)
     for name, (partitions, upstream) in EXPECTED_GRAPH.items():
-        node = graph.get(dg.AssetKey(name))
+        node = graph.get(asset_key(name))
         keys = node.partitions_def.get_partition_keys() if node.partitions_def else None
         expected_keys = {None: None, "behaviour": ["ioi", "capitals"], "layer": ["1", "2", "3", "4"]}[partitions]
         assert keys == expected_keys, name
-        assert {k.to_user_string() for k in node.parent_keys} == upstream, name
+        assert {k.path[-1] for k in node.parent_keys} == upstream, name
         assert node.code_version, f"{name} has no code version: config edits could not make it stale"
-    activations = graph.get(dg.AssetKey("activations"))
+    activations = graph.get(asset_key("activations"))
     assert activations.backfill_policy == dg.BackfillPolicy.single_run()
     checks = {key.name for key in graph.asset_check_keys}
     assert {"accuracy_above_chance", "corruption_flips_preference", "top_contexts_consistent"} <= checks
-    dashboards = graph.get(dg.AssetKey("feature_dashboards"))
+    dashboards = graph.get(asset_key("feature_dashboards"))
     assert dashboards.backfill_policy == dg.BackfillPolicy.single_run()  # a layer range is one run
     assert dashboards.automation_condition is not None  # relaunched like the SAEs when stale
 
@@ -51,7 +51,7 @@ def test_the_study_s_assets_with_partitions_and_dependencies() -> None:
 def test_code_versions_follow_the_sections_each_asset_reads(tmp_path: Path) -> None:
     def versions(updates: dict) -> dict[str, str]:
         graph = build_definitions(write_config(tmp_path, updates)).resolve_asset_graph()
-        return {key.to_user_string(): graph.get(key).code_version for key in graph.get_all_asset_keys()}
+        return {key.path[-1]: graph.get(key).code_version for key in graph.get_all_asset_keys()}
 
     # resource_plan reads every section (each sizes some phase): it is re-planned by any edit.
     base = versions({})
@@ -75,7 +75,7 @@ def test_code_versions_follow_the_sections_each_asset_reads(tmp_path: Path) -> N
 def test_editing_the_layer_list_adds_and_removes_layer_partitions(tmp_path: Path) -> None:
     def layer_keys(layers: str) -> dict[str, list[str]]:
         graph = build_definitions(write_config(tmp_path, {"activations": {"layers": layers}})).resolve_asset_graph()
-        return {name: graph.get(dg.AssetKey(name)).partitions_def.get_partition_keys() for name in ("activations", "saes")}
+        return {name: graph.get(asset_key(name)).partitions_def.get_partition_keys() for name in ("activations", "saes")}
 
     assert layer_keys("1-4") == {"activations": ["1", "2", "3", "4"], "saes": ["1", "2", "3", "4"]}
     assert layer_keys("2-5") == {"activations": ["2", "3", "4", "5"], "saes": ["2", "3", "4", "5"]}
@@ -118,5 +118,5 @@ def test_pretrained_preset_loads_when_the_model_is_on_disk(tmp_path: Path, prese
     path = tmp_path / preset
     path.write_text(yaml.safe_dump(data))
     graph = build_definitions(path).resolve_asset_graph()
-    layers = graph.get(dg.AssetKey("saes")).partitions_def.get_partition_keys()
+    layers = graph.get(asset_key("saes", data["experiment"]["name"])).partitions_def.get_partition_keys()
     assert layers == [str(layer) for layer in range(10, 25)]

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 import safetensors.torch
 import torch
-from helpers import copy_study, run_log, seed_tiny_model, write_config
+from helpers import asset_key, copy_study, in_experiment, run_log, seed_tiny_model, write_config
 from neuronpedia_schema import neuronpedia_graph_problems
 
 from interp_assets.config import ExperimentConfig, load_config
@@ -40,13 +40,13 @@ class Study:
 
     def materialize(self, selection: list[str], **kwargs: object) -> dg.ExecuteInProcessResult:
         return dg.materialize(
-            list(self.defs.assets or []), selection=selection, instance=self.instance,
+            list(self.defs.assets or []), selection=in_experiment(selection), instance=self.instance,
             resources=dict(self.defs.resources or {}), **kwargs,
         )
 
     def latest(self, asset: str, partition: str | None = None) -> dg.AssetMaterialization:
         records = self.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+            dg.AssetRecordsFilter(asset_key=asset_key(asset), asset_partitions=[partition] if partition else None),
             limit=1,
         ).records
         assert records, f"{asset} [{partition}] was never materialized"
@@ -87,9 +87,9 @@ def study(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path):  
     # Fewer resampling draws than the default 100: the same experiments, a quarter of the time.
     config_path = write_config(root, {"interventions": {"resample_samples": 25}})
     config = load_config(config_path)
-    seed_tiny_model(config.storage.root, tiny_model_storage)  # built once per session, reused here
+    seed_tiny_model(config.storage.location, tiny_model_storage)  # built once per session, reused here
     with dg.instance_for_test() as instance:
-        study = Study(config, config_path, build_definitions(config_path), instance, ArtifactStore(config.storage.root), {})
+        study = Study(config, config_path, build_definitions(config_path), instance, ArtifactStore(config.storage.location), {})
         study.results["language_model"] = study.materialize(["language_model"])
         for behaviour in config.prompts.behaviours:
             study.results[f"baselines/{behaviour}"] = study.materialize(["prompts", "baselines"], partition_key=behaviour)
@@ -122,7 +122,7 @@ def test_language_model_asset_trains_then_reuses_the_same_build(tmp_path: Path) 
     with dg.instance_for_test() as instance:
         versions, logs = [], []
         for _ in range(2):
-            result = dg.materialize(list(defs.assets), selection=["language_model"], instance=instance,
+            result = dg.materialize(list(defs.assets), selection=in_experiment(["language_model"]), instance=instance,
                                     resources=dict(defs.resources))
             materialization = result.asset_materializations_for_node("language_model")[0]
             versions.append(materialization.tags["dagster/data_version"])
@@ -355,12 +355,12 @@ def test_a_killed_intervention_run_resumes_without_recomputing(study: Study, tmp
     updates = {"interventions": {"checkpoint_every": 4, "patching_positions": 6, "resample_samples": 10}}
     runs = {}
     for name in ("uninterrupted", "killed"):
-        runs[name] = copy_study(study.config.storage.root, tmp_path / name, ("models", "prompts", "saes", "attribution"), updates)
+        runs[name] = copy_study(study.config.storage.location, tmp_path / name, ("models", "prompts", "saes", "attribution"), updates)
     command, env, run_to_end = _direct_worker("interventions", "ioi")
     reference, _ = run_to_end(runs["uninterrupted"])
     total = reference["metadata"]["n_experiments"]
 
-    parts = Path(load_config(runs["killed"]).storage.root) / "checkpoints" / "interventions" / "mlp_post" / "ioi"
+    parts = Path(load_config(runs["killed"]).storage.location) / "checkpoints" / "interventions" / "mlp_post" / "ioi"
     victim = subprocess.Popen([*command, str(runs["killed"])], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not (parts / "part-00002.parquet").exists() and victim.poll() is None and time.monotonic() < deadline:
@@ -376,7 +376,7 @@ def test_a_killed_intervention_run_resumes_without_recomputing(study: Study, tmp
     assert done_before == 4 * written  # every finished part is reused, nothing in it recomputed
     assert resumed["metadata"]["n_computed"] == total - done_before
     assert resumed["metadata"]["n_resumed"] == done_before
-    tables = [pl.read_parquet(Path(load_config(runs[name]).storage.root) / "interventions" / "mlp_post" / "ioi"
+    tables = [pl.read_parquet(Path(load_config(runs[name]).storage.location) / "interventions" / "mlp_post" / "ioi"
                               / "experiments.parquet") for name in ("uninterrupted", "killed")]
     assert tables[0].equals(tables[1])
     assert resumed["data_version"] == reference["data_version"]
@@ -465,12 +465,12 @@ def test_a_killed_training_resumes_to_bit_identical_weights(study: Study, tmp_pa
     updates = {"sae": {"steps": 300, "checkpoint_every": 60, "log_every": 20, "lr_warmup_steps": 20, "lr_decay_steps": 60}}
     runs = {}
     for name in ("uninterrupted", "killed"):
-        runs[name] = copy_study(study.config.storage.root, tmp_path / name, ("models", "activations"), updates)
+        runs[name] = copy_study(study.config.storage.location, tmp_path / name, ("models", "activations"), updates)
     command, env, run_to_end = _direct_worker("saes", layer)
     reference, _ = run_to_end(runs["uninterrupted"])
 
     killed_config = load_config(runs["killed"])
-    checkpoint = Path(ArtifactStore(killed_config.storage.root).url(sae_checkpoint_relpath(killed_config, int(layer))))
+    checkpoint = Path(ArtifactStore(killed_config.storage.location).url(sae_checkpoint_relpath(killed_config, int(layer))))
     victim = subprocess.Popen([*command, str(runs["killed"])], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and victim.poll() is None and time.monotonic() < deadline:
@@ -504,12 +504,12 @@ def test_a_killed_capture_resumes_and_publishes_the_same_shards(study: Study, tm
     updates = {"activations": {"shard_max_vectors": 2048, "batch_size": 32}}
     runs = {}
     for name in ("uninterrupted", "killed"):
-        runs[name] = copy_study(study.config.storage.root, tmp_path / name, ("models", "prompts"), updates)
+        runs[name] = copy_study(study.config.storage.location, tmp_path / name, ("models", "prompts"), updates)
     command, env, run_to_end = _direct_worker("activations", *layers)
     reference, _ = run_to_end(runs["uninterrupted"])
 
     config = load_config(runs["killed"])
-    store = ArtifactStore(config.storage.root)
+    store = ArtifactStore(config.storage.location)
     checkpoint = Path(store.url(capture_checkpoint_relpath(config, [int(key) for key in layers])))
     kill_after = random.Random().randint(2, 30)  # batches into the corpus; a different point each run
     victim = subprocess.Popen([*command, str(runs["killed"])], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -531,7 +531,7 @@ def test_a_killed_capture_resumes_and_publishes_the_same_shards(study: Study, tm
     assert not checkpoint.exists()
     for key in layers:
         relpath = activations_relpath(config, int(key))
-        reference_manifest = (Path(load_config(runs["uninterrupted"]).storage.root) / relpath / "manifest.json").read_bytes()
+        reference_manifest = (Path(load_config(runs["uninterrupted"]).storage.location) / relpath / "manifest.json").read_bytes()
         assert store.read_bytes(f"{relpath}/manifest.json") == reference_manifest
         manifest = json.loads(reference_manifest)
         for records in manifest["sources"].values():
@@ -561,7 +561,7 @@ def test_a_full_activation_tier_fails_clearly_and_resumes_once_there_is_room(stu
         layers = ["1", "2"]
         with dg.instance_for_test() as instance:
             def materialize() -> dg.ExecuteInProcessResult:
-                return dg.materialize(list(defs.assets), selection=["activations"], instance=instance,
+                return dg.materialize(list(defs.assets), selection=in_experiment(["activations"]), instance=instance,
                                       resources=dict(defs.resources), raise_on_error=False,
                                       tags=_range(config, layers[0], layers[-1]))
 
@@ -586,7 +586,7 @@ def test_a_full_activation_tier_fails_clearly_and_resumes_once_there_is_room(stu
                 manifest = (scratch / relpath / "manifest.json").read_bytes()
                 assert manifest == study.store.read_bytes(f"{relpath}/manifest.json")  # as the roomy study's
                 recorded = instance.fetch_materializations(dg.AssetRecordsFilter(
-                    asset_key=dg.AssetKey("activations"), asset_partitions=[key]), limit=1).records[0]
+                    asset_key=asset_key("activations"), asset_partitions=[key]), limit=1).records[0]
                 assert recorded.asset_materialization.metadata["manifest_sha256"].value == sha256_file(
                     scratch / relpath / "manifest.json")
             assert not list(scratch.glob("checkpoints/activations/*/*.json"))
@@ -625,7 +625,7 @@ def test_every_partition_keeps_the_data_version_recorded_on_main(study: Study) -
     # layers 2-3 as their own range, whose shared data version is that range's.
     versions = {
         asset: {str(key): study.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key] if key else None),
+            dg.AssetRecordsFilter(asset_key=asset_key(asset), asset_partitions=[key] if key else None),
             limit=1, ascending=True).records[0].asset_materialization.tags["dagster/data_version"] for key in keys}
         for asset, keys in partitions.items()
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import DATA, PROJECT_ROOT, TINY_CONFIG, save_text_dataset, write_config
+from helpers import DATA, PROJECT_ROOT, TINY_CONFIG, asset_key, in_experiment, save_text_dataset, write_config
 
 from interp_assets.config import load_config
 from interp_assets.core.resource_model import DEVICES, GIB, ModelShape, SaeShape
@@ -206,7 +206,7 @@ def test_the_asset_keeps_the_plan_in_metadata(tmp_path: Path) -> None:
     from interp_assets.definitions import build_definitions
 
     defs = build_definitions(write_config(tmp_path))
-    result = dg.materialize([defs.get_assets_def("resource_plan")], instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize([defs.get_assets_def(asset_key("resource_plan"))], instance=dg.DagsterInstance.ephemeral())
     assert result.success
     (event,) = result.get_asset_materialization_events()
     metadata = event.materialization.metadata

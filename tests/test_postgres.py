@@ -37,7 +37,7 @@ from concurrent_runs import (
     was_blocked,
 )
 from dagster_dev import LAUNCH_RUN, LOCATION, REPOSITORY, DagsterDev, free_port, start_dagster_dev, wait_for_run
-from helpers import PROJECT_ROOT, seed_tiny_model, write_config
+from helpers import PROJECT_ROOT, asset_key, in_experiment, seed_tiny_model, write_config
 
 from interp_assets.definitions import build_definitions
 
@@ -118,7 +118,7 @@ def lab(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory, tiny_model
 
 
 def materialize(lab: Lab, selection: list[str], partition: str | None) -> dg.ExecuteInProcessResult:
-    return dg.materialize(list(lab.defs.assets), selection=selection, partition_key=partition,
+    return dg.materialize(list(lab.defs.assets), selection=in_experiment(selection), partition_key=partition,
                           instance=lab.instance, resources=dict(lab.defs.resources))
 
 
@@ -142,7 +142,7 @@ def test_runs_events_and_data_versions_are_stored_in_postgres(lab: Lab) -> None:
         for asset in ("prompts", "baselines")
     }
     checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [dg.AssetCheckKey(dg.AssetKey("baselines"), "accuracy_above_chance")])
+        [dg.AssetCheckKey(asset_key("baselines"), "accuracy_above_chance")])
     assert checks and next(iter(checks.values())).run_id == run_id
 
     # The same records, read by psql from PostgreSQL's tables.
@@ -176,8 +176,8 @@ def launch_baselines(dev: DagsterDev, partition: str) -> str:
     """What the UI's Materialize button sends for one partition of baselines (with its checks)."""
     result = dev.graphql(LAUNCH_RUN, {"executionParams": {
         "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "pipelineName": "__ASSET_JOB",
-                     "assetSelection": [{"path": ["baselines"]}],
-                     "assetCheckSelection": [{"assetKey": {"path": ["baselines"]}, "name": name}
+                     "assetSelection": [{"path": [LOCATION, "baselines"]}],
+                     "assetCheckSelection": [{"assetKey": {"path": [LOCATION, "baselines"]}, "name": name}
                                              for name in BASELINE_CHECKS]},
         "mode": "default", "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
     }})["launchPipelineExecution"]
@@ -195,7 +195,7 @@ def test_two_runs_of_one_partition_launched_at_once_through_the_daemon(lab: Lab,
         (waiter,) = run_ids - {paused.holder}
 
         # The other run waits: either the daemon keeps it queued (its step's pool is full) or,
-        # launched already, its step is blocked by the pool ("Step blocked by limit for pool compute").
+        # launched already, its step is blocked by the pool ("Step blocked by limit for pool tiny.baselines").
         def waiting() -> bool:
             return (was_blocked(instance, waiter)
                     or f"Run {waiter} is blocked by global concurrency limits" in dev.log_tail(200_000))
@@ -237,7 +237,7 @@ def test_two_cli_runs_of_one_partition_on_postgres_take_turns(lab: Lab, tmp_path
     first, second = cli_runs_take_turns(lab.instance, lab.home, lab.config_path, lab.storage, tmp_path, "ioi")
     blocked = lab.pg.query(
         f"select count(*) from event_logs where run_id = '{second}' and dagster_event_type = 'ENGINE_EVENT' "
-        "and event like '%Step blocked by limit for pool compute%'")
+        "and event like '%Step blocked by limit for pool tiny.baselines%'")
     assert blocked != [["0"]]
     assert lab.pg.query(f"select count(*) from runs where run_id in ('{first}', '{second}') and status = 'SUCCESS'") \
         == [["2"]]

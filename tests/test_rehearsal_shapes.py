@@ -34,7 +34,7 @@ CI_SIZE = {
 
 
 def _config(tmp_path: Path) -> Path:
-    data = deep_update(yaml.safe_load(REHEARSAL.read_text()), {**CI_SIZE, "storage": {"root": str(tmp_path / "storage")}})
+    data = deep_update(yaml.safe_load(REHEARSAL.read_text()), {**CI_SIZE, "storage": {"root": str(tmp_path), "prefix": "storage"}})
     path = tmp_path / "rehearsal-ci.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

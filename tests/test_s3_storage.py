@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import write_config
+from helpers import asset_key, in_experiment, write_config
 
 from interp_assets.config import load_config
 from interp_assets.definitions import build_definitions
@@ -116,7 +116,7 @@ def test_the_pipeline_on_s3_gives_the_local_backends_data_versions(s3_endpoint: 
         tags = {"dagster/asset_partition_range_start": "1", "dagster/asset_partition_range_end": "2"}
         with dg.instance_for_test() as instance:
             def run(selection: list[str], **kwargs: object) -> None:
-                result = dg.materialize(list(defs.assets), selection=selection, instance=instance,
+                result = dg.materialize(list(defs.assets), selection=in_experiment(selection), instance=instance,
                                         resources=dict(defs.resources), raise_on_error=False, **kwargs)
                 assert result.success, [str(e.event_specific_data.error) for e in result.all_events
                                         if e.event_type_value == "STEP_FAILURE"]
@@ -131,7 +131,7 @@ def test_the_pipeline_on_s3_gives_the_local_backends_data_versions(s3_endpoint: 
                 f"{asset}/{key}": record.asset_materialization.tags["dagster/data_version"]
                 for asset, key in (("prompts", "ioi"), ("baselines", "ioi"), ("activations", "1"), ("activations", "2"))
                 for record in instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1).records
+                    dg.AssetRecordsFilter(asset_key=asset_key(asset), asset_partitions=[key]), limit=1).records
             }
             # Every event of every run (worker logs, metadata, materializations) as stored.
             everything_recorded = "".join(serialize_value(entry) for run in instance.get_runs()

@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import torch
-from helpers import seed_tiny_model, tiny_config_dict, write_config
+from helpers import asset_key, in_experiment, seed_tiny_model, tiny_config_dict, write_config
 
 from interp_assets.config import ConfigError, load_config, parse_config
 from interp_assets.definitions import build_definitions
@@ -55,9 +55,9 @@ def test_stream_mode_drops_the_activations_dependency_and_reads_the_stream_secti
     def graph(updates: dict) -> tuple[set[str], dict[str, str]]:
         defs = build_definitions(write_config(tmp_path, updates, name=f"c{len(list(tmp_path.iterdir()))}.yaml"))
         asset_graph = defs.resolve_asset_graph()
-        node = asset_graph.get(dg.AssetKey("saes"))
-        versions = {k.to_user_string(): asset_graph.get(k).code_version for k in asset_graph.get_all_asset_keys()}
-        return {k.to_user_string() for k in node.parent_keys}, versions
+        node = asset_graph.get(asset_key("saes"))
+        versions = {k.path[-1]: asset_graph.get(k).code_version for k in asset_graph.get_all_asset_keys()}
+        return {k.path[-1] for k in node.parent_keys}, versions
 
     cached_parents, _ = graph({})
     assert cached_parents == {"activations", "language_model"}
@@ -78,7 +78,7 @@ def test_stream_mode_never_launches_activations_automatically(tmp_path: Path) ->
         graph = defs.resolve_asset_graph()
         sensor = defs.resolve_sensor_def("rematerialize_stale")
         targeted = sensor.asset_selection.resolve(graph)
-        return {name: graph.get(dg.AssetKey(name)).automation_condition is not None and dg.AssetKey(name) in targeted
+        return {name: graph.get(asset_key(name)).automation_condition is not None and asset_key(name) in targeted
                 for name in ("activations", "saes")}
 
     assert automated({}) == {"activations": True, "saes": True}
@@ -89,7 +89,7 @@ def _stream_study(tmp_path: Path, tiny_model_storage: Path, sae: dict, name: str
     root = tmp_path / name
     root.mkdir()
     path = write_config(root, {"sae": sae, "activations": {"layers": "1-2"}, "attribution": {"key_layers": [1, 2]}})
-    seed_tiny_model(load_config(path).storage.root, tiny_model_storage)
+    seed_tiny_model(load_config(path).storage.location, tiny_model_storage)
     return path
 
 
@@ -104,7 +104,7 @@ def test_saes_materialize_from_the_stream_without_activations(tmp_path: Path, ti
     defs = build_definitions(config_path)
     with dg.instance_for_test() as instance:
         def materialize(selection: list[str], **kwargs: object) -> dg.ExecuteInProcessResult:
-            return dg.materialize(list(defs.assets or []), selection=selection, instance=instance,
+            return dg.materialize(list(defs.assets or []), selection=in_experiment(selection), instance=instance,
                                   resources=dict(defs.resources or {}), **kwargs)
 
         assert materialize(["language_model"]).success
@@ -117,7 +117,7 @@ def test_saes_materialize_from_the_stream_without_activations(tmp_path: Path, ti
         figures = {}
         for key in ("1", "2"):
             record = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("saes"), asset_partitions=[key]), limit=1).records[0]
+                dg.AssetRecordsFilter(asset_key=asset_key("saes"), asset_partitions=[key]), limit=1).records[0]
             md = record.asset_materialization.metadata
             assert md["data_source"].value == "stream"
             figures[key] = {n: round(float(md[n].value), 3) for n in ("explained_variance", "dead_fraction",
@@ -125,8 +125,8 @@ def test_saes_materialize_from_the_stream_without_activations(tmp_path: Path, ti
             assert figures[key]["explained_variance"] >= config.sae.min_explained_variance, figures
             assert md["training_curve"].value.startswith("![")
         print("stream SAE figures by layer:", json.dumps(figures))
-        assert not instance.fetch_materializations(dg.AssetKey("activations"), limit=1).records
-    store = ArtifactStore(config.storage.root)
+        assert not instance.fetch_materializations(asset_key("activations"), limit=1).records
+    store = ArtifactStore(config.storage.location)
     assert not store.exists("activations")
     for layer in (1, 2):
         assert store.is_complete_dir(saes_relpath(config, layer))
@@ -162,7 +162,7 @@ def test_a_group_killed_after_its_usr1_checkpoint_resumes_to_the_weights_of_laye
 
     killed_path = _stream_study(tmp_path, tiny_model_storage, SHORT, "killed")
     config = load_config(killed_path)
-    store = ArtifactStore(config.storage.root)
+    store = ArtifactStore(config.storage.location)
     checkpoints = [Path(store.url(sae_checkpoint_relpath(config, layer))) for layer in (1, 2)]
     victim = subprocess.Popen(_worker(killed_path), env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert victim.stderr is not None

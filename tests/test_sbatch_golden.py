@@ -53,7 +53,7 @@ def render(profile: str) -> str:
     compute.check_settings()
     run_dir = f"{compute.log_dir}/0f8e2c1a-run/{task}"
     spec = compute.batch_spec(task, run_dir, [bootstrap(i) for i in range(n_tasks)], as_array=n_tasks > 1,
-                              config=load_config(PROJECT_ROOT / "configs" / "tiny.yaml"))
+                              config=load_config(PROJECT_ROOT / "configs" / "experiments" / "tiny.yaml"))
     status = squeue_argv(["4242"]) if compute.status_source == "squeue" else sacct_argv(["4242"], "2026-12-06T10:55:00")
     commands = [sbatch_argv(spec, array), status, ["scancel", "4242"]]
     if compute.ssh_host:

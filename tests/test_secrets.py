@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import seed_tiny_model, write_config
+from helpers import asset_key, in_experiment, seed_tiny_model, write_config
 
 from interp_assets.config import load_config
 from interp_assets.definitions import build_definitions
@@ -35,18 +35,18 @@ def test_a_secret_in_local_compute_config_fails_the_step_before_the_worker_runs(
     monkeypatch.setenv("HF_TOKEN", in_environment)  # the supported way: workers inherit it
     config_path = write_config(tmp_path)
     config = load_config(config_path)
-    seed_tiny_model(config.storage.root, tiny_model_storage)
+    seed_tiny_model(config.storage.location, tiny_model_storage)
     defs = build_definitions(config_path)
     with dg.instance_for_test() as instance:
         def materialize(compute: LocalCompute) -> dg.ExecuteInProcessResult:
-            return dg.materialize(list(defs.assets), selection=["prompts", "baselines"], partition_key="ioi",
+            return dg.materialize(list(defs.assets), selection=in_experiment(["prompts", "baselines"]), partition_key="ioi",
                                   instance=instance, resources={"compute": compute}, raise_on_error=False)
 
         refused = materialize(LocalCompute(env={"HF_TOKEN": in_config}))
         assert not refused.success
         failures = [str(e.event_specific_data.error) for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
         assert len(failures) == 1 and "LocalCompute.env: ['HF_TOKEN'] look like secrets" in failures[0]
-        assert not Path(config.storage.root, "baselines", "ioi.parquet").exists()  # no worker ran
+        assert not Path(config.storage.location, "baselines", "ioi.parquet").exists()  # no worker ran
 
         assert materialize(LocalCompute(env={"HF_HUB_OFFLINE": "1"})).success
         recorded = "".join(serialize_value(entry) for run in instance.get_runs() for entry in instance.all_logs(run.run_id))

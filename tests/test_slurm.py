@@ -23,7 +23,7 @@ import pytest
 import yaml
 from browser import browser, screenshot  # noqa: F401 (a fixture)
 from dagster_dev import launch_backfill, start_dagster_dev, wait_for_runs
-from helpers import PROJECT_ROOT, SMALL_CORPUS, copy_study, run_log, seed_tiny_model, wait_for, write_config
+from helpers import PROJECT_ROOT, SMALL_CORPUS, asset_key, copy_study, in_experiment, run_log, seed_tiny_model, wait_for, write_config
 from slurm_cluster import cluster, cluster_lifetime, failure_text, jobs, materialize, slurm  # noqa: F401 (a fixture)
 
 from interp_assets.config import load_config
@@ -55,7 +55,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path) 
     for name in ("local", "slurm"):
         (root / name).mkdir()
         paths[name] = write_config(root / name, TINY_SAE)
-        seed_tiny_model(load_config(paths[name]).storage.root, tiny_model_storage)
+        seed_tiny_model(load_config(paths[name]).storage.location, tiny_model_storage)
     config = load_config(paths["slurm"])
     layers = layer_range(config.layer_keys[0], config.layer_keys[-1])
     compute = slurm(root, overrides={"activations": {"mem": "3G"}})
@@ -154,7 +154,7 @@ def test_prompts_baselines_activations_give_the_same_bytes_as_local(studies: dic
     assert "[slurm] submitted activations as job" in log
     assert "capture: batch" in log  # the worker's Pipes logs arrive through the message file
     assert "[slurm activations err] interp_assets: job" in log  # the job's log tail, streamed
-    local_root, slurm_root = (Path(load_config(studies[n]).storage.root) for n in ("local", "slurm"))
+    local_root, slurm_root = (Path(load_config(studies[n]).storage.location) for n in ("local", "slurm"))
     for folder in ("prompts", "baselines", "activations"):
         local, remote = _tree(local_root / folder), _tree(slurm_root / folder)
         assert local.keys() == remote.keys() and local, folder
@@ -185,7 +185,7 @@ def test_sae_layer_backfill_is_one_array_job_and_a_retry_reruns_only_the_failed_
     study = _copy_study(studies["slurm"], tmp_path / "study", {})  # its own SAEs, whichever transport runs first
     config = load_config(study)
     assert len(config.layer_keys) >= 4
-    store_root = Path(config.storage.root)
+    store_root = Path(config.storage.location)
     broken = config.layer_keys[2]
     manifest = store_root / activations_relpath(config, int(broken)) / "manifest.json"
     manifest.rename(manifest.with_name("manifest.hidden"))  # this layer's worker fails: no activations
@@ -229,7 +229,7 @@ def test_sae_layer_backfill_is_one_array_job_and_a_retry_reruns_only_the_failed_
         assert f"layer {broken}: training a standard SAE" in log  # SAELens calls ReLU+L1 "standard"
         for index, key in enumerate(config.layer_keys):
             md = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("saes"), asset_partitions=[key]), limit=1
+                dg.AssetRecordsFilter(asset_key=asset_key("saes"), asset_partitions=[key]), limit=1
             ).records[0].asset_materialization.metadata
             # SLURM's record of this layer's own array task, next to the worker's per-layer results.
             assert md["slurm/job_id"].value == f"{next(iter(retry_arrays))}_{index}"
@@ -263,7 +263,7 @@ def test_a_layer_backfill_from_the_ui_shows_each_partition_its_own_task(
     (one array job of 2 tasks), then each layer partition's page names its own task."""
     from playwright.sync_api import expect
 
-    config_path = copy_study(load_config(studies["slurm"]).storage.root, tmp_path, ("models", "prompts", "activations"),
+    config_path = copy_study(load_config(studies["slurm"]).storage.location, tmp_path, ("models", "prompts", "activations"),
                              {**TINY_SAE, "automation": {"enabled": False}})
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump({"log_dir": str(tmp_path / "slurm-logs"), "poll_seconds": 0.5,
@@ -284,12 +284,12 @@ def test_a_layer_backfill_from_the_ui_shows_each_partition_its_own_task(
         with dg.DagsterInstance.from_config(str(home)) as instance:
             for index, key in enumerate(["2", "3"]):
                 md = instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=dg.AssetKey("saes"), asset_partitions=[key]), limit=1
+                    dg.AssetRecordsFilter(asset_key=asset_key("saes"), asset_partitions=[key]), limit=1
                 ).records[0].asset_materialization.metadata
                 assert md["slurm/job_id"].value == f"{array}_{index}"
                 _assert_own_provenance(md, f"{array}_{index}")
         page = browser.new_page()
-        page.goto(f"{dev.url}/assets/saes?view=partitions&partition=3")
+        page.goto(f"{dev.url}/assets/tiny/saes?view=partitions&partition=3")
         expect(page.get_by_text(f"{array}_1", exact=True).first).to_be_visible(timeout=60_000)
         expect(page.get_by_text(f"{array}_0", exact=True)).to_have_count(0)
         screenshot(page, "slurm-saes-partition-3-own-task")
@@ -356,13 +356,13 @@ from resources.slurm import SlurmCompute
 defs = build_definitions(sys.argv[1])
 compute = SlurmCompute(log_dir=sys.argv[2], poll_seconds=0.5, max_poll_seconds=2, **json.loads(sys.argv[4]))
 with dg.instance_for_test() as instance:
-    dg.materialize(list(defs.assets), selection=["saes"], partition_key=sys.argv[3], instance=instance,
+    dg.materialize(list(defs.assets), selection=["tiny/saes"], partition_key=sys.argv[3], instance=instance,
                    resources={"compute": compute}, raise_on_error=False)
 """
 
 
 def _copy_study(config_path: Path, tmp: Path, updates: dict) -> Path:
-    return copy_study(load_config(config_path).storage.root, tmp, ("models", "activations"), {**TINY_SAE, **updates})
+    return copy_study(load_config(config_path).storage.location, tmp, ("models", "activations"), {**TINY_SAE, **updates})
 
 
 def test_interrupting_the_step_cancels_its_job(studies: dict, tmp_path: Path, transport: dict) -> None:
@@ -521,8 +521,8 @@ def test_submission_over_ssh_gives_the_same_bytes_and_refuses_a_wrong_host_key(
     """Dagster on a workstation, sbatch/squeue/scancel/scontrol on the login node: every cluster
     command goes through a real sshd with a key made by the test (the Pipes files on the shared
     filesystem). The array backfill and cancel tests run over SSH too (``transport``)."""
-    local_root = Path(load_config(studies["local"]).storage.root)
-    config_path = copy_study(load_config(studies["slurm"]).storage.root, tmp_path, ("models", "prompts"), TINY_SAE)
+    local_root = Path(load_config(studies["local"]).storage.location)
+    config_path = copy_study(load_config(studies["slurm"]).storage.location, tmp_path, ("models", "prompts"), TINY_SAE)
     before = {j["job_id"] for j in jobs()}
     logins_before = sshd["log"].read_text().count("Accepted publickey for root")
     compute = slurm(tmp_path, **over_ssh(sshd))

@@ -57,7 +57,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path) ->
     cluster()
     root = tmp_path_factory.mktemp("slurm-faults")
     config_path = write_config(root)
-    seed_tiny_model(load_config(config_path).storage.root, tiny_model_storage)
+    seed_tiny_model(load_config(config_path).storage.location, tiny_model_storage)
     compute = LocalCompute(torch_threads=1)
     with dg.instance_for_test() as instance:
         for behaviour in load_config(config_path).prompts.behaviours:
@@ -67,7 +67,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path) ->
 
 
 def copy_layer_study(study: Path, target: Path, sae: dict) -> Path:
-    return copy_study(load_config(study).storage.root, target, ("models", "activations"), {"sae": {**SAE, **sae}})
+    return copy_study(load_config(study).storage.location, target, ("models", "activations"), {"sae": {**SAE, **sae}})
 
 
 def worker_pid(job_id: str) -> int | None:
@@ -134,7 +134,7 @@ def assert_published_saes_are_complete(config_path: Path) -> dict[str, str]:
     sha256 recorded in its training.json; nothing else (a partial folder) is visible. Returns
     {layer folder: weights sha256}."""
     config = load_config(config_path)
-    saes = Path(config.storage.root) / Path(saes_relpath(config, int(LAYER))).parent
+    saes = Path(config.storage.location) / Path(saes_relpath(config, int(LAYER))).parent
     found = {}
     for folder in sorted(saes.iterdir()) if saes.exists() else []:
         assert ".tmp-" not in folder.name, f"a staging folder was left behind: {folder}"
@@ -155,7 +155,7 @@ def resumable_run(study: Path, tmp_path: Path, sae: dict) -> tuple[Path, subproc
     config_path = copy_layer_study(study, tmp_path / "slurm", sae)
     reference = reference_worker(copy_layer_study(study, tmp_path / "reference", sae))
     config = load_config(config_path)
-    checkpoint = Path(config.storage.root) / sae_checkpoint_relpath(config, int(LAYER))
+    checkpoint = Path(config.storage.location) / sae_checkpoint_relpath(config, int(LAYER))
     return config_path, reference, checkpoint, {j["job_id"] for j in jobs()}
 
 
@@ -425,7 +425,7 @@ def test_under_cgroups_a_job_over_its_memory_ends_out_of_memory_and_is_not_resub
     says which setting to raise, and SlurmCompute does not resubmit it (only TIMEOUT/PREEMPTED are)."""
     cluster("--cgroup")
     config_path = copy_layer_study(study, tmp_path / "slurm", {})
-    shutil.copytree(Path(load_config(study).storage.root) / "prompts", tmp_path / "slurm" / "storage" / "prompts")
+    shutil.copytree(Path(load_config(study).storage.location) / "prompts", tmp_path / "slurm" / "storage" / "prompts")
     compute = slurm(tmp_path, max_resubmits=3, overrides={"baselines": {"mem": "150M"}})
     with dg.instance_for_test() as instance:
         result = materialize(config_path, ["baselines"], compute, instance, partition_key="ioi")

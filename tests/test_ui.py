@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster_dev import (
+    LOCATION,
     RELOAD,
     SENSOR_TICKS,
     STALENESS,
@@ -31,7 +32,7 @@ from dagster_dev import (
     wait_for_runs,
 )
 from browser import browser, screenshot  # noqa: F401 (a fixture)
-from helpers import PROJECT_ROOT, SMALL_CORPUS, seed_tiny_model, write_config
+from helpers import PROJECT_ROOT, SMALL_CORPUS, asset_key, in_experiment, seed_tiny_model, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -64,8 +65,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path):  # 
 
 def _stale(dev: DagsterDev, asset: str, partitions: list[str] | None = None) -> dict:
     if partitions is None:
-        return dev.graphql(STALENESS, {"keys": [{"path": [asset]}]})["assetNodes"][0]
-    return dev.graphql(STALENESS_BY_PARTITION, {"keys": [{"path": [asset]}], "partitions": partitions})["assetNodes"][0]
+        return dev.graphql(STALENESS, {"keys": [{"path": [LOCATION, asset]}]})["assetNodes"][0]
+    return dev.graphql(STALENESS_BY_PARTITION, {"keys": [{"path": [LOCATION, asset]}], "partitions": partitions})["assetNodes"][0]
 
 
 def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev: DagsterDev, browser) -> None:  # noqa: ANN001, F811
@@ -86,7 +87,7 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     screenshot(page, "01-asset-graph")
 
     # 2. Open language_model and click Materialize, as a person does.
-    page.goto(f"{dev.url}/assets/language_model")
+    page.goto(f"{dev.url}/assets/tiny/language_model")
     button = page.locator("button", has_text=re.compile(r"^Materialize…?$")).first
     expect(button).to_be_enabled(timeout=60_000)
     with page.expect_response(lambda r: "op=LaunchPipelineExecution" in r.url or "LaunchPipelineExecution" in (r.request.post_data or "")) as response:
@@ -123,7 +124,7 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     config["sae"]["l1_coefficient"] = 0.5
     dev.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     before_edit = {r["runId"] for r in runs(dev)}
-    reload = dev.graphql(RELOAD, {"name": "interp_assets"})["reloadRepositoryLocation"]
+    reload = dev.graphql(RELOAD, {"name": LOCATION})["reloadRepositoryLocation"]
     assert reload["locationOrLoadError"]["__typename"] == "RepositoryLocation", reload
 
     saes = _stale(dev, "saes", LAYERS)
@@ -137,7 +138,7 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
 
     # What a researcher sees: a layer's partition page shows the Unsynced tag (Dagster 1.13 draws
     # it per partition there, from staleStatus(partition:), not on the asset graph's nodes).
-    page.goto(f"{dev.url}/assets/saes?view=partitions&partition={LAYERS[0]}")
+    page.goto(f"{dev.url}/assets/tiny/saes?view=partitions&partition={LAYERS[0]}")
     unsynced = page.get_by_text(re.compile(r"^Unsynced \(\d+\)$"))
     expect(unsynced.first).to_be_visible(timeout=60_000)
     screenshot(page, "03-saes-partition-unsynced-after-config-edit")
@@ -154,12 +155,12 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     assert new, f"the sensor launched nothing\n{dev.log_tail()}"
     assert all(r["status"] == "SUCCESS" for r in new), new
     # Besides the SAEs only their dashboards (downstream of them, automated too) may follow.
-    relaunched = [r for r in new if ["saes"] in [a["path"] for a in r["assetSelection"] or []]]
-    assert {tuple(a["path"]) for r in relaunched for a in r["assetSelection"] or []} == {("saes",)}, new
-    assert {tuple(a["path"]) for r in new for a in r["assetSelection"] or []} <= {("saes",), ("feature_dashboards",)}, new
+    relaunched = [r for r in new if [LOCATION, "saes"] in [a["path"] for a in r["assetSelection"] or []]]
+    assert {tuple(a["path"]) for r in relaunched for a in r["assetSelection"] or []} == {(LOCATION, "saes")}, new
+    assert {tuple(a["path"]) for r in new for a in r["assetSelection"] or []} <= {(LOCATION, "saes"), (LOCATION, "feature_dashboards")}, new
     assert len(relaunched) == 1, f"stale layers relaunch as one single-run backfill: {new}"
     assert set(_stale(dev, "saes", LAYERS)["staleStatusByPartition"]) == {"FRESH"}
-    page.goto(f"{dev.url}/assets/saes?view=partitions&partition={LAYERS[0]}")
+    page.goto(f"{dev.url}/assets/tiny/saes?view=partitions&partition={LAYERS[0]}")
     expect(page.get_by_text("Latest materialization").first).to_be_visible(timeout=60_000)
     expect(page.get_by_text(re.compile(r"^Unsynced"))).to_have_count(0, timeout=30_000)
     screenshot(page, "04-saes-fresh-after-automation")

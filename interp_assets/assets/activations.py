@@ -21,7 +21,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         code_version=code_version(config, LOGIC_VERSION, "experiment", "model", "activations", "corpus"),
         group_name="study",
         kinds={"pytorch", "safetensors"},
-        pool="compute",
+        pool=config.pool("activations"),
         description=__doc__,
     )
     def activations(context: dg.AssetExecutionContext, compute: ComputeResource) -> dg.MaterializeResult:

@@ -51,7 +51,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         code_version=code_version(config, LOGIC_VERSION, "attribution"),
         group_name="study",
         kinds={"pytorch", "parquet"},
-        pool="compute",
+        pool=config.pool("attribution_graphs"),
         check_specs=[
             dg.AssetCheckSpec("graph_not_empty", asset="attribution_graphs", blocking=True,
                               description="at least one SAE feature node survives pruning"),

@@ -38,7 +38,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         code_version=code_version(config, LOGIC_VERSION, "model", "baselines"),
         group_name="study",
         kinds={"pytorch", "parquet"},
-        pool="compute",
+        pool=config.pool("baselines"),
         check_specs=[
             dg.AssetCheckSpec("accuracy_above_chance", asset="baselines", blocking=True,
                               description="clean accuracy (LD > 0) reaches baselines.min_accuracy"),

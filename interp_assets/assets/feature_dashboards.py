@@ -39,7 +39,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         code_version=code_version(config, LOGIC_VERSION, *SECTIONS),
         group_name="study",
         kinds={"pytorch", "parquet"},
-        pool="compute",
+        pool=config.pool("feature_dashboards"),
         check_specs=[
             dg.AssetCheckSpec(
                 "top_contexts_consistent", asset="feature_dashboards",

@@ -61,7 +61,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         code_version=code_version(config, LOGIC_VERSION, "interventions"),
         group_name="study",
         kinds={"pytorch", "parquet"},
-        pool="compute",
+        pool=config.pool("interventions"),
         check_specs=[
             dg.AssetCheckSpec("patching_controls_hold", asset="interventions", blocking=True,
                               description="patching nothing recovers 0 and patching the last residual stream "

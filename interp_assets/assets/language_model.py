@@ -16,7 +16,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         code_version=code_version(config, LOGIC_VERSION, "model"),
         group_name="study",
         kinds={"pytorch", "safetensors"},
-        pool="compute",
+        pool=config.pool("language_model"),
         description=__doc__,
     )
     def language_model(context: dg.AssetExecutionContext, compute: ComputeResource) -> dg.MaterializeResult:

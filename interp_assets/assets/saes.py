@@ -56,7 +56,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         code_version=code_version(config, LOGIC_VERSION, *sections),
         group_name="study",
         kinds={"pytorch", "safetensors"},
-        pool="compute",
+        pool=config.pool("saes"),
         check_specs=[
             dg.AssetCheckSpec("explained_variance_above_threshold", asset="saes", blocking=True,
                               description="held-out explained variance (R²) ≥ sae.min_explained_variance on every layer"),
