@@ -473,6 +473,30 @@ class AutomationSection(_Section):
     """How often the sensor looks for stale or missing partitions."""
 
 
+class TrackingSection(_Section):
+    mlflow_uri: str | None = None
+    """An MLflow tracking server (http(s)://host:port): each trained SAE becomes one run there
+    (interp_assets/tracking.py). null: no tracking. Credentials go in MLflow's own environment
+    variables (MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN), never here."""
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _http_without_credentials(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an MLflow server address: give http(s)://host:port (the lab's "
+                             "tracking server), or null for no tracking")
+        if parts.username or parts.password:
+            raise ValueError("holds a user name or password: the config is shown in the UI and handed to every "
+                             "job; give them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+                             "MLFLOW_TRACKING_TOKEN) in the environment instead")
+        return value
+
+
 class StorageSection(_Section):
     root: PathOrUrl = str(DEFAULT_STUDIES_ROOT)
     """Where the lab's artifacts live: a local folder (relative to the config file) or an fsspec
@@ -537,6 +561,7 @@ class ExperimentConfig(_Section):
     interventions: InterventionsSection = InterventionsSection()
     dashboards: DashboardsSection = DashboardsSection()
     automation: AutomationSection = AutomationSection()
+    tracking: TrackingSection = TrackingSection()
     storage: StorageSection
     """(Filled in before validation when absent: the default root, prefix experiment.name.)"""
 

@@ -7,6 +7,8 @@
 #   scripts/postgres-local.sh env      print the DAGSTER_PG_* exports again (eval "$(... env)")
 #   scripts/postgres-local.sh stop     stop exactly the server it started
 #   scripts/postgres-local.sh status   exit 0 when the server accepts connections
+#   scripts/postgres-local.sh createdb NAME   another database owned by the same role (MLflow's:
+#                                      scripts/mlflow-local.sh)
 #
 # Installs Debian's postgresql when no server binaries are found (needs root, as on CI). As root,
 # the server runs as the `postgres` system user (initdb refuses root; the user is created when
@@ -112,6 +114,17 @@ EOF
     cmd_env
 }
 
+cmd_createdb() {
+    local name=${1:-}
+    [[ "$name" =~ ^[a-z][a-z0-9_]*$ ]] || die "createdb: give a database name of lowercase letters, digits and _"
+    cmd_status > /dev/null || die "not running: run '$0 start' first"
+    local psql=("$(pg_bin)/psql" -h "$STATE/run" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt)
+    if [ "$(as_server_user "${psql[@]}" -c "select 1 from pg_database where datname = '$name'")" != 1 ]; then
+        as_server_user "${psql[@]}" -c "create database $name owner $DB_USER" > /dev/null
+    fi
+    log "database $name, role $DB_USER"
+}
+
 cmd_stop() {
     if [ -n "$(pg_bin)" ] && [ -f "$STATE/data/postmaster.pid" ]; then
         pg_ctl_ -m fast -w -t 60 stop > /dev/null || die "pg_ctl stop failed (see $STATE/server.log)"
@@ -126,5 +139,6 @@ case ${1:-} in
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) echo "usage: $0 start | stop | status | env" >&2; exit 2 ;;
+    createdb) cmd_createdb "${2:-}" ;;
+    *) echo "usage: $0 start | stop | status | env | createdb NAME" >&2; exit 2 ;;
 esac

@@ -78,6 +78,11 @@ def test_qwen_preset_validates_layers_against_the_real_model_config(tmp_path: Pa
         ({"experiment": {"name": None}}, r"experiment\.name: Input should be a valid string"),
         ({"storage": {"prefix": "../other_study"}}, r"storage\.prefix: '\.\./other_study' is not a relative folder"),
         ({"storage": {"prefix": None}}, r"storage\.prefix: Input should be a valid string"),
+        ({"tracking": {"mlflow_uri": "https://ana:hunter2@mlflow.lab:5000"}},
+         r"tracking\.mlflow_uri: holds a user name or password: .* MLFLOW_TRACKING_PASSWORD"),
+        ({"tracking": {"mlflow_uri": "mlflow.lab:5000"}}, r"tracking\.mlflow_uri: 'mlflow\.lab:5000' is not an MLflow "
+                                                          r"server address: give http\(s\)://host:port"),
+        ({"tracking": {"mlflow_url": "http://x"}}, r"tracking\.mlflow_url: unknown key"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, updates: dict, message: str) -> None:
@@ -113,3 +118,9 @@ def test_section_hashes_change_only_for_the_edited_section() -> None:
 def test_payload_round_trips() -> None:
     config = parse_config(tiny_config_dict())
     assert parse_config(config.to_payload()) == config
+
+
+def test_a_password_in_the_tracking_uri_is_refused_without_being_echoed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(write_config(tmp_path, {"tracking": {"mlflow_uri": "http://ana:hunter2@127.0.0.1:5000"}}))
+    assert "tracking.mlflow_uri" in str(raised.value) and "hunter2" not in str(raised.value)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster_dev import launch_backfill, start_private_ui
+from dagster_dev import RELOAD, LOCATION, launch_backfill, start_private_ui
 from helpers import PROJECT_ROOT, SMALL_CORPUS, asset_key, in_experiment, run_log, seed_tiny_model, wait_for, write_config
 
 from interp_assets.dead_runs import CHECK_SECONDS, process_started_at, run_process
@@ -26,6 +26,9 @@ pytestmark = pytest.mark.slow
 SAE = {"steps": 50_000, "checkpoint_every": 500, "log_every": 100, "lr_warmup_steps": 100, "lr_decay_steps": 200,
        "l1_warmup_steps": 200, "eval_vectors": 512, "min_explained_variance": 0.0,
        "max_dead_fraction": 1.0}
+
+QUICK_SAE = {**SAE, "steps": 150, "checkpoint_every": 100, "log_every": 50, "lr_warmup_steps": 20, "lr_decay_steps": 30,
+             "l1_warmup_steps": 20}
 
 
 def _workers_of(run_id: str) -> list[int]:
@@ -82,7 +85,13 @@ def test_a_killed_run_is_failed_its_slot_freed_and_the_waiting_run_goes_on(
             (run,) = wait_for("the first run", lambda: _quietly(lambda: _runs_of(instance, first)), timeout=120, every=1)
             wait_for("its SAE training", lambda: "layer 1: step" in (_quietly(lambda: run_log(instance, run.run_id)) or ""),
                      timeout=300, every=1)
-            second = launch_backfill(ui, ["saes"], ["2"])  # another partition of the asset: its pool, tiny.saes
+            # The waiting run is another partition of the same asset (its pool, tiny.saes), trained
+            # short: the config is edited and the location reloaded, as a researcher would; the
+            # first run goes on with the settings it was launched with.
+            write_config(tmp_path, {"sae": QUICK_SAE, "corpus": SMALL_CORPUS, "automation": {"enabled": False}})
+            reload = ui.graphql(RELOAD, {"name": LOCATION})["reloadRepositoryLocation"]
+            assert reload["locationOrLoadError"]["__typename"] == "RepositoryLocation", reload
+            second = launch_backfill(ui, ["saes"], ["2"])
             (waiting,) = wait_for("the second run", lambda: _quietly(lambda: _runs_of(instance, second)), timeout=120,
                                   every=1)
             time.sleep(5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from interp_assets.artifacts import sae_checkpoint_relpath, saes_relpath
 from interp_assets.tasks.common import TaskContext, corpus_record, corpus_windows
+from interp_assets.tracking import log_sae_run
 from resources.storage import sha256_file
 
 
@@ -101,6 +103,14 @@ def judge_sae(ctx: TaskContext, layer: int, sae, model, held_out: HeldOut) -> di
     return summary
 
 
+def tracking_tags(ctx: TaskContext, layer: int) -> dict[str, str]:
+    from interp_assets.provenance import git_commit
+    from resources.compute import RUN_ID_ENV
+
+    return {"dagster.run_id": os.environ.get(RUN_ID_ENV, ""), "dagster.partition": str(layer),
+            "git_commit": git_commit()}
+
+
 def publish_sae(ctx: TaskContext, layer: int, result, fingerprint: str, model, held_out: HeldOut) -> dict[str, Any]:  # noqa: ANN001
     """Judge a trained SAE on held-out text, write its folder, drop its checkpoint."""
     from interp_assets.core.plots import training_curves
@@ -127,6 +137,10 @@ def publish_sae(ctx: TaskContext, layer: int, result, fingerprint: str, model, h
         "train_seconds": round(result.seconds, 3),
         "steps_per_s": (trainer_config.steps - result.resumed_from_step) / max(result.seconds, 1e-9),
     })
+    # Logged before the folder is written, so the record keeps the link; a failure only warns.
+    url = log_sae_run(config, layer, result.history, summary, tags=tracking_tags(ctx, layer), warn=ctx.log)
+    if url is not None:
+        summary["mlflow_run"] = url
     png = training_curves(result.history, f"layer {layer}: SAE training")
     with tempfile.TemporaryDirectory(prefix="sae-") as tmp:
         save_sae(sae, tmp)

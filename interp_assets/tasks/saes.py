@@ -42,6 +42,8 @@ def task_saes(ctx: TaskContext) -> TaskResult:
             "path": ctx.store.url(saes_relpath(ctx.config, layer)),
             "training_curve": md(png_markdown(png, f"layer {layer} SAE training curve")),
         }
+        if "mlflow_run" in summary:  # the layer's MLflow run (tracking.mlflow_uri), as a link
+            partitions[str(layer)]["mlflow_run"] = {"raw_value": summary["mlflow_run"], "type": "url"}
     return TaskResult(
         metadata={
             "layers": {"raw_value": layers, "type": "json"},
