@@ -124,3 +124,22 @@ def wait_for(what: str, condition: Callable[[], object], timeout: float = 300, e
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def start_local_server(script: Path, env: dict[str, str], what: str) -> dict[str, str]:
+    """``script start`` (scripts/postgres-local.sh, mlflow-local.sh): the ``export NAME=value``
+    lines it prints. A server that cannot start fails the test under CI (where it must) and
+    skips it, saying why, elsewhere."""
+    import os
+    import subprocess
+
+    import pytest
+
+    started = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, env=env, timeout=900)
+    if started.returncode != 0:
+        reason = f"{what} could not start: {started.stderr.strip()[-1500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines()
+                if line.startswith("export "))

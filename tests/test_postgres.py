@@ -37,7 +37,7 @@ from concurrent_runs import (
     was_blocked,
 )
 from dagster_dev import LAUNCH_RUN, LOCATION, REPOSITORY, DagsterDev, free_port, start_dagster_dev, wait_for_run
-from helpers import PROJECT_ROOT, asset_key, in_experiment, seed_tiny_model, write_config
+from helpers import start_local_server, PROJECT_ROOT, asset_key, in_experiment, seed_tiny_model, write_config
 
 from interp_assets.definitions import build_definitions
 
@@ -70,15 +70,8 @@ def postgres() -> Iterator[Postgres]:
     # Not under pytest's temp root: that folder is private to root, and the server runs as postgres.
     state = Path(tempfile.mkdtemp(prefix="interp-assets-pg-", dir="/tmp"))
     env = {**os.environ, "INTERP_ASSETS_PG_DIR": str(state), "INTERP_ASSETS_PG_PORT": str(free_port())}
-    started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, env=env, timeout=900)
     try:
-        if started.returncode != 0:
-            reason = f"PostgreSQL could not start: {started.stderr.strip()[-1500:]}"
-            if os.environ.get("CI"):
-                pytest.fail(reason)
-            pytest.skip(reason)
-        exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines()
-                       if line.startswith("export "))
+        exports = start_local_server(SCRIPT, env, "PostgreSQL")
         psql = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
         yield Postgres(exports, str(psql))
     finally:

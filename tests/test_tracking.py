@@ -20,7 +20,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster_dev import free_port
-from helpers import PROJECT_ROOT, SMALL_CORPUS, asset_key, in_experiment, run_log, seed_tiny_model, write_config
+from helpers import (PROJECT_ROOT, SMALL_CORPUS, asset_key, in_experiment, run_log, seed_tiny_model, start_local_server,
+                     write_config)
 
 from interp_assets.definitions import build_definitions
 
@@ -38,15 +39,8 @@ def mlflow_server() -> Iterator[dict[str, str]]:
     state = Path(tempfile.mkdtemp(prefix="interp-assets-mlflow-", dir="/tmp"))
     env = {**os.environ, "INTERP_ASSETS_PG_DIR": str(state / "pg"), "INTERP_ASSETS_PG_PORT": str(free_port()),
            "INTERP_ASSETS_MLFLOW_DIR": str(state / "mlflow"), "INTERP_ASSETS_MLFLOW_PORT": str(free_port())}
-    started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, env=env, timeout=900)
     try:
-        if started.returncode != 0:
-            reason = f"the MLflow server could not start: {started.stderr.strip()[-1500:]}"
-            if os.environ.get("CI"):
-                pytest.fail(reason)
-            pytest.skip(reason)
-        uri = started.stdout.strip().splitlines()[-1].removeprefix("export MLFLOW_TRACKING_URI=")
-        yield {"uri": uri, **env}
+        yield {"uri": start_local_server(SCRIPT, env, "the MLflow server")["MLFLOW_TRACKING_URI"], **env}
     finally:
         subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, env=env, timeout=120)
         subprocess.run(["bash", str(PROJECT_ROOT / "scripts" / "postgres-local.sh"), "stop"], capture_output=True,
