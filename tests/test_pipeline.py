@@ -550,12 +550,13 @@ def test_a_full_activation_tier_fails_clearly_and_resumes_once_there_is_room(stu
 
     # 36 MiB: room for two rounds of 8.6 MB shards (layers 1 and 2), so a checkpoint exists when it fills.
     with small_filesystem(tmp_path / "scratch", "36m") as scratch:
-        root = tmp_path / "bucket"
-        for folder in ("models", "prompts"):
-            shutil.copytree(study.store.url(folder), root / folder)
-        config_path = write_config(tmp_path, {"storage": {"root": str(root), "tiers": {
+        config_path = write_config(tmp_path, {"storage": {"root": str(tmp_path / "bucket"), "tiers": {
             "activations": str(scratch), "checkpoints": str(scratch)}}})
         config = load_config(config_path)
+        # The experiment's folders (its prefix) under the bucket and under the hot tier.
+        root, hot = Path(config.storage.location), Path(config.storage.tier_locations()["activations"])
+        for folder in ("models", "prompts"):
+            shutil.copytree(study.store.url(folder), root / folder)
         defs = build_definitions(config_path)
         before = {p.relative_to(root): sha256_file(p) for p in root.rglob("*") if p.is_file()}
         layers = ["1", "2"]
@@ -571,9 +572,9 @@ def test_a_full_activation_tier_fails_clearly_and_resumes_once_there_is_room(stu
             errors = [entry.dagster_event.engine_event_data.error.message for entry in instance.all_logs(failed.run_id)
                       if entry.dagster_event and entry.dagster_event.is_engine_event
                       and entry.dagster_event.engine_event_data.error]
-            assert any(f"no space left on the storage root {scratch}" in error for error in errors), errors
+            assert any(f"no space left on the storage root {hot}" in error for error in errors), errors
             for key in layers:
-                assert not (scratch / activations_relpath(config, int(key)) / "manifest.json").exists()
+                assert not (hot / activations_relpath(config, int(key)) / "manifest.json").exists()
             assert not list(scratch.rglob("*.tmp-*"))
             assert {p.relative_to(root): sha256_file(p) for p in root.rglob("*") if p.is_file()} == before
 
@@ -583,13 +584,13 @@ def test_a_full_activation_tier_fails_clearly_and_resumes_once_there_is_room(stu
             assert "capture: resuming at batch " in run_log(instance, resumed.run_id)
             for key in layers:
                 relpath = activations_relpath(config, int(key))
-                manifest = (scratch / relpath / "manifest.json").read_bytes()
+                manifest = (hot / relpath / "manifest.json").read_bytes()
                 assert manifest == study.store.read_bytes(f"{relpath}/manifest.json")  # as the roomy study's
                 recorded = instance.fetch_materializations(dg.AssetRecordsFilter(
                     asset_key=asset_key("activations"), asset_partitions=[key]), limit=1).records[0]
                 assert recorded.asset_materialization.metadata["manifest_sha256"].value == sha256_file(
-                    scratch / relpath / "manifest.json")
-            assert not list(scratch.glob("checkpoints/activations/*/*.json"))
+                    hot / relpath / "manifest.json")
+            assert not list(hot.glob("checkpoints/activations/*/*.json"))
 
 
 def test_prompts_table_is_a_polars_frame_of_strings(study: Study) -> None:

@@ -144,7 +144,7 @@ def test_runs_events_and_data_versions_are_stored_in_postgres(lab: Lab) -> None:
     for asset, digest in digests.items():
         rows = pg.query(
             "select count(*) from event_logs where dagster_event_type = 'ASSET_MATERIALIZATION' "
-            f"and run_id = '{run_id}' and asset_key = '[\"{asset}\"]' and partition = 'capitals' "
+            f"and run_id = '{run_id}' and asset_key = '{asset_key(asset).to_string()}' and partition = 'capitals' "
             f"and event like '%{digest}%'")
         assert rows == [["1"]], (asset, rows)
     types = {row[0] for row in pg.query(f"select distinct dagster_event_type from event_logs where run_id = '{run_id}'")}

@@ -145,9 +145,11 @@ def test_the_pipeline_on_s3_gives_the_local_backends_data_versions(s3_endpoint: 
                 assert store.exists(f"activations/mlp_post/layer_001/{shard['file']}")
             assert not [name for name in store.list("prompts") if ".tmp-" in name]
         if backend == "tiered":  # the shards live on the hot tier only; the SAEs on the bucket
-            assert (hot / "activations" / "mlp_post" / "layer_001" / "manifest.json").is_file()
-            assert not ArtifactStore(storage["root"]).exists("activations")
-            assert ArtifactStore(storage["root"]).is_complete_dir("saes/mlp_post/layer_002")
-            assert not list(hot.glob("checkpoints/saes/*/*/checkpoint.pt"))  # deleted once published
+            # Both under the experiment's prefix (tests: "storage"), on the tier as on the bucket.
+            hot_folder, bucket = hot / "storage", ArtifactStore(f"{storage['root']}/storage")
+            assert (hot_folder / "activations" / "mlp_post" / "layer_001" / "manifest.json").is_file()
+            assert not bucket.exists("activations")
+            assert bucket.is_complete_dir("saes/mlp_post/layer_002")
+            assert not list(hot_folder.glob("checkpoints/saes/*/*/checkpoint.pt"))  # deleted once published
     assert versions["s3"] == versions["local"] == versions["tiered"]
     assert len(versions["s3"]) == 4

@@ -37,6 +37,7 @@ SAE = {"steps": 150, "log_every": 50, "checkpoint_every": 100, "lr_warmup_steps"
 def mlflow_server() -> Iterator[dict[str, str]]:
     # Not under pytest's temp root: that folder is private to root, and PostgreSQL runs as postgres.
     state = Path(tempfile.mkdtemp(prefix="interp-assets-mlflow-", dir="/tmp"))
+    state.chmod(0o755)  # the PostgreSQL server's user must reach its data folder below it
     env = {**os.environ, "INTERP_ASSETS_PG_DIR": str(state / "pg"), "INTERP_ASSETS_PG_PORT": str(free_port()),
            "INTERP_ASSETS_MLFLOW_DIR": str(state / "mlflow"), "INTERP_ASSETS_MLFLOW_PORT": str(free_port())}
     try:
