@@ -49,7 +49,7 @@ cmd_start() {
         bash scripts/postgres-local.sh createdb mlflow
         eval "$(bash scripts/postgres-local.sh env)"
         # The backend's password reaches the server through its environment, not its command line.
-        MLFLOW_BACKEND_STORE_URI="postgresql://$DAGSTER_PG_USERNAME:$DAGSTER_PG_PASSWORD@$DAGSTER_PG_HOST:$DAGSTER_PG_PORT/mlflow" \
+        MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://$DAGSTER_PG_USERNAME:$DAGSTER_PG_PASSWORD@$DAGSTER_PG_HOST:$DAGSTER_PG_PORT/mlflow" \
             setsid "$VENV/bin/mlflow" server --host 127.0.0.1 --port "$PORT" --workers 1 \
             --artifacts-destination "$STATE/artifacts" > "$STATE/server.log" 2>&1 < /dev/null &
         echo $! > "$STATE/server.pid"
