@@ -24,8 +24,8 @@ from interp_assets.artifacts import ARTIFACT_FOLDERS
 from interp_assets.config import ConfigError, load_config
 
 
-def migrate(old_root: Path, config_path: str | Path | None) -> tuple[list[str], list[str]]:
-    """(moved folders, folders left because the destination already has them)."""
+def migrate(old_root: Path, config_path: str | Path | None) -> tuple[Path, list[str], list[str]]:
+    """(the experiment's folder, moved folders, folders left because the destination already has them)."""
     config = load_config(config_path)
     destination = config.storage.location
     if "://" in destination or config.storage.tiers:
@@ -35,7 +35,7 @@ def migrate(old_root: Path, config_path: str | Path | None) -> tuple[list[str], 
     if not old_root.is_dir():
         raise ConfigError(f"--from: {old_root} is not a folder")
     if old_root.resolve() == target.resolve():
-        return [], []
+        return target, [], []
     moved, kept = [], []
     for folder in ARTIFACT_FOLDERS:
         source = old_root / folder
@@ -47,7 +47,7 @@ def migrate(old_root: Path, config_path: str | Path | None) -> tuple[list[str], 
         target.mkdir(parents=True, exist_ok=True)
         shutil.move(str(source), str(target / folder))  # a rename on one file system
         moved.append(folder)
-    return moved, kept
+    return target, moved, kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,14 +57,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the old storage root (default: dagster_home/storage)")
     args = parser.parse_args(argv)
     try:
-        moved, kept = migrate(args.old_root, args.config)
+        target, moved, kept = migrate(args.old_root, args.config)
     except ConfigError as error:
         print(f"migrate: {error}", file=sys.stderr)
         return 2
-    config = load_config(args.config)
-    print(f"migrate: moved {moved or 'nothing'} from {args.old_root} to {config.storage.location}")
+    print(f"migrate: moved {moved or 'nothing'} from {args.old_root} to {target}")
     if kept:
-        print(f"migrate: left {kept} in {args.old_root}: {config.storage.location} already has them", file=sys.stderr)
+        print(f"migrate: left {kept} in {args.old_root}: {target} already has them", file=sys.stderr)
         return 1
     return 0
 

@@ -87,17 +87,10 @@ def log_sae_run(config: ExperimentConfig, layer: int, history: list[dict[str, An
             client.log_batch(run_id, metrics=metrics[start:start + 1000])
         client.set_terminated(run_id, "FINISHED")
     except Exception as error:  # noqa: BLE001 - tracking must never fail the SAE
-        warn(f"layer {layer}: MLflow tracking at {_without_credentials(uri)} failed ({type(error).__name__}: "
+        warn(f"layer {layer}: MLflow tracking at {uri} failed ({type(error).__name__}: "
              f"{str(error).splitlines()[0][:300] if str(error) else ''}); the SAE and its Dagster metadata are "
              "complete without it")
         return None
-    return f"{_without_credentials(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    # The URI holds no credentials: the config refuses them (config.TrackingSection).
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
-
-def _without_credentials(uri: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
-    return urlunsplit(parts)
