@@ -10,13 +10,15 @@ these paths onto a root (a folder, an fsspec URL, or the tier that holds their t
   activations/<hook>/layer_<L>/          Phase 2: <source>-<i>.safetensors shards + manifest.json
   saes/<hook>/layer_<L>/                 Phase 3: cfg.json + sae_weights.safetensors (SAELens) +
                                          training.json + training_curve.png
+  saes/<hook>/<variant>/layer_<L>/       Phase 3 of an SAE sweep (sae_variants): the same, per variant
+  sae_selection/<hook>/layer_<L>.json    Phase 3 of a sweep: the variant chosen for the layer, and why
   dashboards/<hook>/layer_<L>/           Phase 3b: latents.parquet, contexts.parquet, features.json
                                          (SAEDashboard / Neuronpedia batch format), summary.json
   attribution/<hook>/<behaviour>/        Phase 4: nodes.parquet, edges.parquet, graph.json (circuit-
                                          tracer / Neuronpedia schema), graph.png, summary.json
   interventions/<hook>/<behaviour>/      Phase 5: experiments.parquet, faithfulness.parquet (+.png)
   checkpoints/activations/<hook>/capture-<layers>.json  Phase 2: capture progress (deleted when done)
-  checkpoints/saes/<hook>/layer_<L>/     Phase 3: the latest training checkpoint (deleted when done)
+  checkpoints/saes/<hook>/[<variant>/]layer_<L>/  Phase 3: the latest training checkpoint (deleted when done)
   checkpoints/interventions/<hook>/<behaviour>/  Phase 5: finished experiments so far (parts)
 """
 
@@ -30,8 +32,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from interp_assets.config import ExperimentConfig
 
-ARTIFACT_FOLDERS = ("models", "prompts", "baselines", "activations", "saes", "dashboards", "attribution",
-                    "interventions", "checkpoints")
+ARTIFACT_FOLDERS = ("models", "prompts", "baselines", "activations", "saes", "sae_selection", "dashboards",
+                    "attribution", "interventions", "checkpoints")
 """The top-level folders of the layout: what a storage tier (``storage.tiers``) can hold."""
 
 
@@ -68,13 +70,22 @@ def capture_checkpoint_relpath(config: ExperimentConfig, layers: list[int]) -> s
     return f"checkpoints/activations/{config.activations.hook_point}/capture-{key}.json"
 
 
+def _sae_folder(config: ExperimentConfig, layer: int) -> str:
+    variant = config.sae_variant  # a sweep's variant (config.for_variant) has a folder of its own
+    return f"{config.activations.hook_point}/{variant + '/' if variant else ''}layer_{layer:03d}"
+
+
 def saes_relpath(config: ExperimentConfig, layer: int) -> str:
-    return f"saes/{config.activations.hook_point}/layer_{layer:03d}"
+    return f"saes/{_sae_folder(config, layer)}"
 
 
 def sae_checkpoint_relpath(config: ExperimentConfig, layer: int) -> str:
     # Outside the SAE folder, which is replaced as a whole when training finishes.
-    return f"checkpoints/saes/{config.activations.hook_point}/layer_{layer:03d}/checkpoint.pt"
+    return f"checkpoints/saes/{_sae_folder(config, layer)}/checkpoint.pt"
+
+
+def sae_selection_relpath(config: ExperimentConfig, layer: int) -> str:
+    return f"sae_selection/{config.activations.hook_point}/layer_{layer:03d}.json"
 
 
 def dashboards_relpath(config: ExperimentConfig, layer: int) -> str:

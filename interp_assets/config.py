@@ -11,6 +11,7 @@ reasons, reads top to bottom in one place, as configs/experiments/tiny.yaml list
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from interp_assets.artifacts import ARTIFACT_FOLDERS
 from interp_assets.core.behaviours import BEHAVIOURS
@@ -412,6 +414,48 @@ class SaeSection(_Section):
         return [list(layers[i : i + size]) for i in range(0, len(layers), size)]
 
 
+VARIANT_FIXED_FIELDS = {
+    "data_source": "it decides what saes reads",
+    "stream_layers_per_task": "it decides how the jobs are grouped",
+    "eval_vectors": "variants are judged on the same held-out figures",
+    "dense_threshold": "variants are judged on the same held-out figures",
+    "min_ce_denominator": "variants are judged on the same held-out figures",
+    "min_explained_variance": "the quality bar (saes' checks) is the study's",
+    "max_dead_fraction": "the quality bar (saes' checks) is the study's",
+}
+"""sae.* fields a variant cannot override, and why: one setting for the whole asset."""
+
+SELECTION_METRICS: dict[str, bool] = {
+    "ce_loss_recovered": True,
+    "ce_loss_recovered_mean_ablation": True,
+    "explained_variance": True,
+    "mse_normalised": False,
+    "kl_with_sae": False,
+    "ce_loss_with_sae": False,
+}
+"""Held-out figures a selection can rank variants by (core/sae_eval.py), and whether higher is better."""
+
+
+class SaeSelectionSection(_Section):
+    """How ``sae_selection`` picks one variant of ``sae_variants`` per layer: among the variants whose
+    held-out L0 is at most ``max_l0``, the best by ``metric`` (ties: the first in the config)."""
+
+    metric: Literal[tuple(SELECTION_METRICS)] = "ce_loss_recovered"  # type: ignore[valid-type]
+    """A held-out figure: ce_loss_recovered, ce_loss_recovered_mean_ablation and explained_variance
+    are maximised; mse_normalised, kl_with_sae and ce_loss_with_sae minimised."""
+    max_l0: float | None = Field(default=None, gt=0)
+    """Mean latents per held-out token at most this; null: no bound."""
+
+    @property
+    def higher_is_better(self) -> bool:
+        return SELECTION_METRICS[self.metric]
+
+    def describe(self) -> str:
+        best = "highest" if self.higher_is_better else "lowest"
+        bound = f" among the variants with held-out L0 ≤ {self.max_l0:g}" if self.max_l0 is not None else ""
+        return f"{best} held-out {self.metric}{bound}"
+
+
 class AttributionSection(_Section):
     key_layers: tuple[int, ...] = ()
     """Layers whose SAE features form the graph; must be among activations.layers. Empty: all."""
@@ -557,6 +601,12 @@ class ExperimentConfig(_Section):
     activations: ActivationsSection
     corpus: CorpusSection = CorpusSection()
     sae: SaeSection = SaeSection()
+    sae_variants: dict[str, dict[str, Any]] = {}
+    """An SAE sweep: named variants, each a set of ``sae.*`` overrides (``{}``: the sae section as
+    written). With variants, ``saes`` has one partition per layer × variant and ``sae_selection``
+    picks the one the phases after it read; without, one SAE per layer."""
+    sae_selection: SaeSelectionSection = SaeSelectionSection()
+    """The rule ``sae_selection`` applies (only with ``sae_variants``)."""
     attribution: AttributionSection = AttributionSection()
     interventions: InterventionsSection = InterventionsSection()
     dashboards: DashboardsSection = DashboardsSection()
@@ -567,6 +617,7 @@ class ExperimentConfig(_Section):
 
     source_path: str | None = Field(default=None, exclude=True)
     """Where this config was read from (not part of any hash)."""
+    _sae_variant: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -617,6 +668,36 @@ class ExperimentConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _variants_override_sae_fields(self) -> ExperimentConfig:
+        problems = []
+        known = list(SaeSection.model_fields)
+        for name, overrides in self.sae_variants.items():
+            where = f"sae_variants.{name}"
+            if not SAFE_NAME.match(name):
+                problems.append(f"{where}: {name!r} is not a variant name: give lowercase letters, digits and "
+                                "'_', starting with a letter (it names partitions and folders)")
+                continue
+            for field, reason in VARIANT_FIXED_FIELDS.items():
+                if field in overrides:
+                    problems.append(f"{where}.{field}: one setting for every variant ({reason}): set it in sae.* "
+                                    "and drop it here")
+            try:
+                SaeSection.model_validate({**self.sae.model_dump(), **overrides})
+            except ValidationError as error:
+                for item in error.errors():
+                    field = ".".join(str(part) for part in item["loc"])
+                    if item["type"] == "extra_forbidden":
+                        close = difflib.get_close_matches(field, known, n=1)
+                        hint = f" (did you mean {close[0]!r}?)" if close else ""
+                        problems.append(f"{where}.{field}: unknown key: a variant overrides fields of sae{hint}")
+                    else:
+                        message = item["msg"].removeprefix("Value error, ")
+                        problems.append(f"{where}{'.' + field if field else ''}: {message}")
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
     def section_hash(self, *sections: str) -> str:
         """sha256 (16 hex) of the named sections: the config part of an asset's code version.
 
@@ -624,7 +705,8 @@ class ExperimentConfig(_Section):
         one of them contains, so adding a layer adds a (missing) partition and leaves the
         existing layers fresh."""
         payload = {
-            name: getattr(self, name).model_dump(mode="json", exclude=_PARTITION_SELECTING_FIELDS.get(name))
+            name: section.model_dump(mode="json", exclude=_PARTITION_SELECTING_FIELDS.get(name))
+            if isinstance(section := getattr(self, name), BaseModel) else section
             for name in sections
         }
         if "model" in payload and payload["model"].get("random") is None:
@@ -652,9 +734,56 @@ class ExperimentConfig(_Section):
     def layer_keys(self) -> list[str]:
         return [str(layer) for layer in self.activations.layers]
 
+    # ---- SAE sweeps -----------------------------------------------------------------------------
+
+    @property
+    def sae_variant(self) -> str | None:
+        """The variant this config trains (``for_variant``); None for the study's own config."""
+        return self._sae_variant
+
+    def for_variant(self, variant: str | None) -> ExperimentConfig:
+        """This config with ``sae`` replaced by one variant's settings: what that variant's training
+        reads, and where its SAEs are kept (``artifacts.saes_relpath``). None: this config."""
+        if variant is None:
+            return self
+        if variant not in self.sae_variants:
+            raise ConfigError(f"sae variant {variant!r} is not in sae_variants {list(self.sae_variants)}")
+        config = self.model_copy(update={"sae": SaeSection.model_validate(
+            {**self.sae.model_dump(), **self.sae_variants[variant]})})
+        config._sae_variant = variant
+        return config
+
+    @property
+    def sae_partition_keys(self) -> list[str]:
+        """The ``saes`` partitions: one per layer, or in a sweep one per layer × variant
+        (``<layer>:<variant>``), a variant's layers together, so that a variant's layers, and the
+        whole sweep, are each one range (one backfill run)."""
+        if not self.sae_variants:
+            return self.layer_keys
+        return [sae_key(layer, variant) for variant in self.sae_variants for layer in self.activations.layers]
+
+    def sae_task_groups(self, keys: list[str]) -> list[list[str]]:
+        """How a run's ``saes`` partitions split into independent units (a worker pass, or one SLURM
+        array task each): per variant, ``sae.layer_groups`` of its layers."""
+        by_variant: dict[str | None, list[str]] = {}
+        for key in keys:
+            by_variant.setdefault(split_sae_key(key)[1], []).append(key)
+        return [group for variant_keys in by_variant.values() for group in self.sae.layer_groups(variant_keys)]
+
     def to_payload(self) -> dict[str, Any]:
         """The whole config as plain JSON, handed to workers so they never re-read a changed file."""
         return self.model_dump(mode="json")
+
+
+def sae_key(layer: int, variant: str | None) -> str:
+    """The ``saes`` partition key of one layer (of one variant, in a sweep)."""
+    return str(layer) if variant is None else f"{layer}:{variant}"
+
+
+def split_sae_key(key: str) -> tuple[int, str | None]:
+    """(layer, variant or None) of a ``saes`` partition key."""
+    layer, _, variant = str(key).partition(":")
+    return int(layer), variant or None
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:

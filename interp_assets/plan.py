@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from interp_assets.config import ConfigError, ExperimentConfig, load_config
@@ -359,7 +359,27 @@ def plan_for(config: ExperimentConfig, device_name: str) -> Plan:
     device = device_named(device_name)
     model = model_shape(config)
     sae = sae_shape(config, model)
-    return Plan(config.experiment.name, config.model.name, device, model, sae, _phases(config, model, sae, device))
+    phases = _phases(config, model, sae, device)
+    if config.sae_variants:
+        phases = [_sweep_phase(config, model, device) if phase.phase == "saes" else phase for phase in phases]
+    return Plan(config.experiment.name, config.model.name, device, model, sae, phases)
+
+
+def _sweep_phase(config: ExperimentConfig, model: ModelShape, device: Device) -> PhaseEstimate:
+    """A sweep's ``saes``: every variant's jobs in one array; each job sized as the costliest
+    variant's (what ``time: auto`` / ``mem: auto`` must cover), storage the variants' sum."""
+    by_variant = {}
+    for name in config.sae_variants:
+        variant = config.for_variant(name)
+        by_variant[name] = next(p for p in _phases(variant, model, sae_shape(variant, model), device) if p.phase == "saes")
+    costliest = max(by_variant, key=lambda name: (by_variant[name].seconds, by_variant[name].host_peak_bytes))
+    worst = by_variant[costliest]
+    return replace(worst, jobs=sum(p.jobs for p in by_variant.values()),
+                   device_peak_bytes=max(p.device_peak_bytes for p in by_variant.values()),
+                   host_peak_bytes=max(p.host_peak_bytes for p in by_variant.values()),
+                   storage_bytes=sum(p.storage_bytes for p in by_variant.values()),
+                   notes=[f"sweep of {len(by_variant)} variants ({', '.join(by_variant)}); per job: the costliest, "
+                          f"{costliest}", *worst.notes])
 
 
 def task_requirements(config: ExperimentConfig, task: str, device_name: str) -> tuple[float, float]:

@@ -4,6 +4,8 @@
     study = interp_assets.open_study("configs/experiments/tiny.yaml")
     study.baselines("ioi")                  # polars DataFrame
     study.sae(3)                            # SAELens ``SAE`` when sae_lens is installed, else ours
+    study.sae(3, variant="topk_k16")        # a sweep's other variants (study.sae(3): the chosen one)
+    study.sae_selection(3)["candidates"]    # a sweep's choice for the layer, every variant's figures
     study.graph("ioi").nodes                # the attribution graph: JSON dict + nodes/edges frames
 
 Everything comes through what the pipeline itself uses: the config is read and checked by
@@ -25,6 +27,7 @@ import polars as pl
 
 from interp_assets import artifacts
 from interp_assets.config import ExperimentConfig, load_config
+from interp_assets.tasks.common import sae_in_use_relpath
 from resources.storage import ArtifactStore, open_store
 
 
@@ -124,15 +127,34 @@ class Study:
                            "faithfulness.parquet", "interventions", behaviour)
 
     # ---- SAEs --------------------------------------------------------------------------
-    def sae_dir(self, layer: int | str) -> Path:
-        """The layer's SAE folder on local disk (SAELens layout: cfg.json + sae_weights.safetensors)."""
-        relpath = self._require(artifacts.saes_relpath(self.config, self._layer(layer)), "saes", layer, folder=True)
-        return self._store.local_dir(relpath)
+    def _sae_relpath(self, layer: int | str, variant: str | None) -> str:
+        layer = self._layer(layer)
+        if variant is not None:
+            if variant not in self.config.sae_variants:
+                raise KeyError(f"{variant!r} is not a variant of {self.config.name}: {list(self.config.sae_variants)}")
+            return self._require(artifacts.saes_relpath(self.config.for_variant(variant), layer), "saes",
+                                 f"{layer}:{variant}", folder=True)
+        if self.config.sae_variants:
+            self._require(artifacts.sae_selection_relpath(self.config, layer), "sae_selection", layer)
+            return self._require(sae_in_use_relpath(self.config, self._store, layer), "saes", layer, folder=True)
+        return self._require(artifacts.saes_relpath(self.config, layer), "saes", layer, folder=True)
 
-    def sae(self, layer: int | str, device: str = "cpu") -> Any:
-        """The layer's SAE: a ``sae_lens.SAE`` when SAELens is installed, else
-        ``interp_assets.core.sae.SparseAutoencoder`` (same weights, same encode/decode)."""
-        folder = self.sae_dir(layer)
+    def sae_dir(self, layer: int | str, variant: str | None = None) -> Path:
+        """The layer's SAE folder on local disk (SAELens layout: cfg.json + sae_weights.safetensors).
+        In a sweep: the variant ``sae_selection`` chose, or the ``variant`` named."""
+        return self._store.local_dir(self._sae_relpath(layer, variant))
+
+    def sae_selection(self, layer: int | str) -> dict[str, Any]:
+        """A sweep's choice for the layer: ``variant``, the ``rule``, and every variant's figures
+        (``candidates``: L0, the rule's metric and a random SAE's, on the Pareto front or not)."""
+        return self._store.read_json(self._require(artifacts.sae_selection_relpath(self.config, self._layer(layer)),
+                                                   "sae_selection", layer))
+
+    def sae(self, layer: int | str, device: str = "cpu", variant: str | None = None) -> Any:
+        """The layer's SAE (in a sweep: the chosen one, or ``variant``): a ``sae_lens.SAE`` when
+        SAELens is installed, else ``interp_assets.core.sae.SparseAutoencoder`` (same weights,
+        same encode/decode)."""
+        folder = self.sae_dir(layer, variant)
         if importlib.util.find_spec("sae_lens") is not None:
             from sae_lens import SAE
 
@@ -141,19 +163,18 @@ class Study:
 
         return load_sae(folder, device=device)
 
-    def sae_training(self, layer: int | str) -> dict[str, Any]:
+    def sae_training(self, layer: int | str, variant: str | None = None) -> dict[str, Any]:
         """The training record: ``config`` (sae.*), ``summary`` (held-out R², L0, dead fraction, CE
         loss recovered, ...), ``history`` (the curve) and the data ``fingerprint``."""
-        relpath = self._require(artifacts.saes_relpath(self.config, self._layer(layer)), "saes", layer, folder=True)
-        return self._store.read_json(f"{relpath}/training.json")
+        return self._store.read_json(f"{self._sae_relpath(layer, variant)}/training.json")
 
-    def sae_metrics(self, layer: int | str) -> dict[str, Any]:
+    def sae_metrics(self, layer: int | str, variant: str | None = None) -> dict[str, Any]:
         """The layer's SAE metrics as the materialization reported them."""
-        return dict(self.sae_training(layer)["summary"])
+        return dict(self.sae_training(layer, variant)["summary"])
 
-    def sae_curve(self, layer: int | str) -> pl.DataFrame:
+    def sae_curve(self, layer: int | str, variant: str | None = None) -> pl.DataFrame:
         """The training curve: one row per log interval (loss terms, R², L0, dead fraction, lr)."""
-        return pl.DataFrame(self.sae_training(layer)["history"])
+        return pl.DataFrame(self.sae_training(layer, variant)["history"])
 
     # ---- graphs ------------------------------------------------------------------------
     def graph(self, behaviour: str) -> AttributionGraphFiles:

@@ -1,7 +1,7 @@
 """Experiment tracking: each trained SAE as one MLflow run, when ``tracking.mlflow_uri`` is set.
 
 One MLflow experiment per study experiment (named ``experiment.name``), one run per layer
-(``saes/layer_003``), holding:
+(``saes/layer_003``; in a sweep per layer × variant, ``saes/layer_003/topk_k16``), holding:
   params   every ``sae.*`` setting, the model, hook point, layer, corpus source and budget, d_in, d_sae
   metrics  the training curve at the log interval (loss, MSE, R², L0, dead fraction, lr, steps/s),
            each point at its training step; the held-out evaluations (``held_out/...``) and the
@@ -34,8 +34,8 @@ _CURVE = {"losses/overall": "train/loss", "losses/mse": "train/mse", "metrics/ex
 """Training-history keys (core/sae_training.py) → MLflow metric names."""
 
 
-def run_name(layer: int) -> str:
-    return f"saes/layer_{layer:03d}"
+def run_name(layer: int, variant: str | None = None) -> str:
+    return f"saes/layer_{layer:03d}" + (f"/{variant}" if variant else "")
 
 
 def sae_params(config: ExperimentConfig, layer: int, d_in: int, d_sae: int) -> dict[str, str]:
@@ -68,9 +68,10 @@ def log_sae_run(config: ExperimentConfig, layer: int, history: list[dict[str, An
         experiment = client.get_experiment_by_name(config.experiment.name)
         experiment_id = (experiment.experiment_id if experiment is not None
                          else client.create_experiment(config.experiment.name))
-        run = client.create_run(experiment_id, run_name=run_name(layer),
+        variant = {"sae_variant": config.sae_variant} if config.sae_variant else {}
+        run = client.create_run(experiment_id, run_name=run_name(layer, config.sae_variant),
                                 tags={"interp_assets.experiment": config.experiment.name, "layer": str(layer),
-                                      **tags})
+                                      **variant, **tags})
         run_id = run.info.run_id
         params = [Param(k, v) for k, v in sae_params(config, layer, summary["d_in"], summary["d_sae"]).items()]
         timestamp = int(run.info.start_time or 0)

@@ -55,7 +55,7 @@ def test_the_checked_in_workspace_is_every_shipped_experiment(monkeypatch: pytes
     assert (PROJECT_ROOT / "workspace.yaml").read_text() == text, \
         "regenerate it: python -m interp_assets.workspace --out workspace.yaml --working-directory ."
     locations = [entry["python_module"] for entry in yaml.safe_load(text)["load_from"]]
-    assert [(e["location_name"], e["attribute"]) for e in locations] == [("tiny", "tiny"), ("tiny_topk", "tiny_topk")]
+    assert [(e["location_name"], e["attribute"]) for e in locations] == [("tiny", "tiny"), ("tiny_sweep", "tiny_sweep"), ("tiny_topk", "tiny_topk")]
 
 
 def test_two_experiments_have_their_own_keys_pools_and_folders() -> None:

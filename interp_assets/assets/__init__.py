@@ -9,8 +9,9 @@ from interp_assets.assets import (
     language_model,
     prompts,
     resource_plan,
+    sae_selection,
     saes,
 )
 
-PHASES = (language_model, prompts, baselines, activations, saes, feature_dashboards, attribution, interventions,
-          resource_plan)
+PHASES = (language_model, prompts, baselines, activations, saes, sae_selection, feature_dashboards, attribution,
+          interventions, resource_plan)

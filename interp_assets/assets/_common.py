@@ -79,7 +79,7 @@ def run_worker(
         "partition_keys": partition_keys,
         # How the range splits into independent units (SLURM: one array task each), decided here
         # once, from the config; the worker groups its streamed layers the same way.
-        "task_groups": config.sae.layer_groups(partition_keys) if task == "saes" else [[k] for k in partition_keys],
+        "task_groups": config.sae_task_groups(partition_keys) if task == "saes" else [[k] for k in partition_keys],
     }
     invocation = compute.run(context, task=task, extras=extras)
     for message in invocation.get_custom_messages():

@@ -9,7 +9,7 @@ import dagster as dg
 
 from interp_assets.assets._common import code_version, run_worker_with_checks
 from interp_assets.config import ExperimentConfig
-from interp_assets.partitions import layer_partitions
+from interp_assets.partitions import layer_partitions, trained_saes_asset
 from resources.compute import ComputeResource
 
 LOGIC_VERSION = "2"  # 2: per-feature activation and logit histograms, a density plot
@@ -17,7 +17,8 @@ SECTIONS = ("experiment", "activations", "corpus", "dashboards")
 """Config the worker reads besides the SAE: the text (``experiment`` seeds the generated corpus,
 ``corpus`` says what the held-out windows are made of, its bytes included; ``activations`` holds
 the hook point) and the settings. The
-model and the SAE reach it through the data versions of ``language_model`` and ``saes``."""
+model and the SAE reach it through the data versions of ``language_model`` and ``saes`` (in a sweep,
+``sae_selection``)."""
 
 
 def dashboard_checks(metadata: dict) -> list[dg.AssetCheckResult]:
@@ -35,7 +36,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
     @dg.asset(
         partitions_def=layer_partitions(config),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=["saes", "language_model"],
+        deps=[trained_saes_asset(config), "language_model"],
         code_version=code_version(config, LOGIC_VERSION, *SECTIONS),
         group_name="study",
         kinds={"pytorch", "parquet"},

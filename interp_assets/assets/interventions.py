@@ -7,7 +7,7 @@ import dagster as dg
 
 from interp_assets.assets._common import code_version, run_worker_with_checks
 from interp_assets.config import ExperimentConfig
-from interp_assets.partitions import behaviour_partitions
+from interp_assets.partitions import behaviour_partitions, trained_saes_asset
 from resources.compute import ComputeResource
 
 LOGIC_VERSION = "2"
@@ -54,7 +54,7 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         partitions_def=behaviour_partitions(config),
         deps=[
             "attribution_graphs",
-            dg.AssetDep("saes", partition_mapping=dg.AllPartitionMapping()),
+            dg.AssetDep(trained_saes_asset(config), partition_mapping=dg.AllPartitionMapping()),
             "prompts",
             "language_model",
         ],

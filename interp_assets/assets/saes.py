@@ -1,20 +1,21 @@
-"""Phase 3: one sparse autoencoder per layer, trained on that layer's activations. A backfill of
-layer partitions is one run; locally the layers train one after another in one worker (on SLURM,
-one array job). Output per layer: a SAELens-loadable folder + our training record."""
+"""Phase 3: one sparse autoencoder per layer (in a sweep, per layer × variant of ``sae_variants``),
+trained on that layer's activations. A backfill of a range of partitions is one run; locally the
+SAEs train one after another in one worker (on SLURM, one array job). Output per partition: a
+SAELens-loadable folder + our training record."""
 
 # No `from __future__ import annotations`: Dagster reads the context/resource type hints at runtime.
 import dagster as dg
 
 from interp_assets.assets._common import code_version, run_worker_with_checks
 from interp_assets.config import ExperimentConfig
-from interp_assets.partitions import layer_partitions
+from interp_assets.partitions import layer_to_sae, sae_partitions
 from resources.compute import ComputeResource
 
 LOGIC_VERSION = "2"
 
 
 def sae_checks(metadata: dict, min_explained_variance: float, max_dead_fraction: float) -> list[dg.AssetCheckResult]:
-    """The spec's validation bar, per layer of the run: every layer must pass."""
+    """The spec's validation bar, per partition of the run: every SAE must pass."""
     explained = {k: float(v) for k, v in metadata["explained_variance"].value.items()}
     dead = {k: float(v) for k, v in metadata["dead_fraction"].value.items()}
     return [
@@ -32,7 +33,7 @@ def sae_checks(metadata: dict, min_explained_variance: float, max_dead_fraction:
     ]
 
 
-def upstream(config: ExperimentConfig) -> tuple[list[str], tuple[str, ...]]:
+def upstream(config: ExperimentConfig) -> tuple[list, tuple[str, ...]]:
     """(deps, config sections in the code version) for the configured data source.
 
     cached: trained from the stored ``activations``, whose data version carries the model, corpus
@@ -41,16 +42,17 @@ def upstream(config: ExperimentConfig) -> tuple[list[str], tuple[str, ...]]:
     dependency (it need never be materialized) and the sections that define the stream
     (``experiment`` seeds the generated corpus; ``activations`` holds hook point and dtype) join
     the code version instead."""
+    sweep = ("sae_variants",) if config.sae_variants else ()  # without a sweep: the code versions it always had
     if config.sae.data_source == "stream":
-        return ["language_model"], ("experiment", "activations", "corpus", "sae")
-    return ["activations", "language_model"], ("corpus", "sae")
+        return ["language_model"], ("experiment", "activations", "corpus", "sae", *sweep)
+    return [dg.AssetDep("activations", partition_mapping=layer_to_sae(config)), "language_model"], ("corpus", "sae", *sweep)
 
 
 def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
     deps, sections = upstream(config)
 
     @dg.asset(
-        partitions_def=layer_partitions(config),
+        partitions_def=sae_partitions(config),
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=deps,
         code_version=code_version(config, LOGIC_VERSION, *sections),
@@ -59,9 +61,9 @@ def build(config: ExperimentConfig) -> list[dg.AssetsDefinition]:
         pool=config.pool("saes"),
         check_specs=[
             dg.AssetCheckSpec("explained_variance_above_threshold", asset="saes", blocking=True,
-                              description="held-out explained variance (R²) ≥ sae.min_explained_variance on every layer"),
+                              description="held-out explained variance (R²) ≥ sae.min_explained_variance on every SAE of the run"),
             dg.AssetCheckSpec("dead_fraction_below_bound", asset="saes",
-                              description="fraction of dead features ≤ sae.max_dead_fraction on every layer"),
+                              description="fraction of dead features ≤ sae.max_dead_fraction on every SAE of the run"),
         ],
         description=__doc__,
     )

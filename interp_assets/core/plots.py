@@ -76,6 +76,36 @@ def density_histogram_figure(histogram: dict, title: str) -> bytes:
     return _png(fig)
 
 
+def pareto_figure(points: Sequence[dict], chosen: str, front: Sequence[str], metric: str, max_l0: float | None,
+                  title: str) -> bytes:
+    """L0 against the selection's metric, one point per variant (``{"variant", "l0", "score"}``, and a
+    random SAE's as ``"random_score"``: chance), the Pareto front joined, the chosen variant ringed,
+    the L0 bound drawn."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    usable = [p for p in points if p["score"] is not None]
+    for point in usable:
+        ax.scatter(point["l0"], point["score"], color="tab:blue" if point["variant"] in front else "tab:gray", zorder=3)
+        ax.annotate(point["variant"], (point["l0"], point["score"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        if point.get("random_score") is not None:
+            ax.scatter(point["l0"], point["random_score"], marker="x", color="tab:red", zorder=3)
+    line = sorted((p for p in usable if p["variant"] in front), key=lambda p: p["l0"])
+    ax.plot([p["l0"] for p in line], [p["score"] for p in line], color="tab:blue", linewidth=1, label="Pareto front")
+    for point in usable:
+        if point["variant"] == chosen:
+            ax.scatter(point["l0"], point["score"], s=180, facecolors="none", edgecolors="tab:green", linewidths=2,
+                       label=f"chosen: {chosen}", zorder=4)
+    if any(p.get("random_score") is not None for p in usable):
+        ax.scatter([], [], marker="x", color="tab:red", label="random SAE of that shape (chance)")
+    if max_l0 is not None:
+        ax.axvline(max_l0, color="tab:orange", linestyle="--", linewidth=1, label=f"max_l0 {max_l0:g}")
+    ax.set_xlabel("held-out L0 (latents per token)", fontsize=8)
+    ax.set_ylabel(f"held-out {metric}", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return _png(fig)
+
+
 def png_markdown(png: bytes, alt: str) -> str:
     """Markdown that the Dagster UI renders as an inline image."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"

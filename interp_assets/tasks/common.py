@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interp_assets.artifacts import saes_relpath, tiny_model_relpath
+from interp_assets.artifacts import sae_selection_relpath, saes_relpath, tiny_model_relpath
 from interp_assets.config import ExperimentConfig
 from resources.storage import ArtifactStore
 
@@ -88,12 +88,23 @@ def corpus_record(config: ExperimentConfig) -> dict[str, Any]:
     return {**config.corpus.model_dump(mode="json"), "content_sha256": corpus_identity(config)}
 
 
+def sae_in_use_relpath(config: ExperimentConfig, store: ArtifactStore, layer: int) -> str:
+    """The SAE folder the phases after training read for a layer: the layer's SAE, or in a sweep
+    the variant ``sae_selection`` chose for it."""
+    if not config.sae_variants:
+        return saes_relpath(config, layer)
+    record = sae_selection_relpath(config, layer)
+    if not store.exists(record):
+        raise RuntimeError(f"layer {layer}: no SAE chosen at {store.url(record)}: materialize sae_selection first")
+    return saes_relpath(config.for_variant(store.read_json(record)["variant"]), layer)
+
+
 def load_saes(ctx: TaskContext, layers: list[int]) -> dict:
     from interp_assets.core.sae import load_sae
 
     saes = {}
     for layer in layers:
-        relpath = saes_relpath(ctx.config, layer)
+        relpath = sae_in_use_relpath(ctx.config, ctx.store, layer)
         if not ctx.store.is_complete_dir(relpath):
             raise RuntimeError(f"layer {layer}: no trained SAE at {ctx.store.url(relpath)}: materialize saes first")
         saes[layer] = load_sae(ctx.store.local_dir(relpath))

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interp_assets.artifacts import dashboards_relpath, saes_relpath
+from interp_assets.artifacts import dashboards_relpath
 from interp_assets.config import ExperimentConfig
-from interp_assets.tasks.common import TaskContext, TaskResult, combined_version, corpus_windows, load_model, load_saes, md
+from interp_assets.tasks.common import (
+    TaskContext, TaskResult, combined_version, corpus_windows, load_model, load_saes, md, sae_in_use_relpath,
+)
 from resources.storage import sha256_file
 
 DASHBOARD_FORMAT = 2
@@ -67,7 +69,7 @@ def _settings(config: ExperimentConfig):  # noqa: ANN202
 def _fingerprint(ctx: TaskContext, layer: int) -> str:
     """What a layer's dashboards are a function of: the SAE's weights and the sections that choose
     the text and the settings."""
-    training = ctx.store.read_json(f"{saes_relpath(ctx.config, layer)}/training.json")
+    training = ctx.store.read_json(f"{sae_in_use_relpath(ctx.config, ctx.store, layer)}/training.json")
     return hashlib.sha256(json.dumps({
         "format": DASHBOARD_FORMAT,
         "sae_weights": training["summary"]["weights_sha256"],
@@ -92,7 +94,9 @@ def task_feature_dashboards(ctx: TaskContext) -> TaskResult:
             text = text or dashboard_windows(config, tokenizer)
             summary = build_layer(ctx, layer, model, tokenizer, text, fingerprint)
         versions[str(layer)] = summary["data_version"]
-        partitions[str(layer)] = summary["metadata"]
+        # Which SAE the dashboards describe (in a sweep, the variant sae_selection chose).
+        partitions[str(layer)] = {**summary["metadata"],
+                                  "sae_path": ctx.store.url(sae_in_use_relpath(config, ctx.store, layer))}
     return TaskResult(
         metadata={
             "layers": {"raw_value": layers, "type": "json"},

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from interp_assets.artifacts import (
-    attribution_relpath, interventions_checkpoint_relpath, interventions_relpath, prompts_relpath, saes_relpath,
+    attribution_relpath, interventions_checkpoint_relpath, interventions_relpath, prompts_relpath,
 )
 from interp_assets.core.progress import Progress
 from interp_assets.tasks.common import (
-    TaskContext, TaskResult, combined_version, key_layers, load_model, load_saes, md, prompt_pairs,
+    TaskContext, TaskResult, combined_version, key_layers, load_model, load_saes, md, prompt_pairs, sae_in_use_relpath,
     table_metadata,
 )
 from resources.storage import sha256_file
@@ -29,7 +29,7 @@ def _experiments_fingerprint(ctx: TaskContext, behaviour: str, layers: list[int]
         "prompts": hashlib.sha256(store.read_bytes(prompts_relpath(behaviour))).hexdigest(),
         "nodes": hashlib.sha256(store.read_bytes(f"{attribution_relpath(config, behaviour)}/nodes.parquet")).hexdigest(),
         # training.json records each SAE's weights sha256: no re-reading GBs of weights per layer.
-        "saes": {layer: store.read_json(f"{saes_relpath(config, layer)}/training.json")["summary"]["weights_sha256"]
+        "saes": {layer: store.read_json(f"{sae_in_use_relpath(config, store, layer)}/training.json")["summary"]["weights_sha256"]
                  for layer in layers},
         "model": config.model.model_dump(mode="json"),
         "batch_size": config.baselines.batch_size,

@@ -104,11 +104,12 @@ def judge_sae(ctx: TaskContext, layer: int, sae, model, held_out: HeldOut) -> di
 
 
 def tracking_tags(ctx: TaskContext, layer: int) -> dict[str, str]:
+    from interp_assets.config import sae_key
     from interp_assets.provenance import git_commit
     from resources.compute import RUN_ID_ENV
 
-    return {"dagster.run_id": os.environ.get(RUN_ID_ENV, ""), "dagster.partition": str(layer),
-            "git_commit": git_commit()}
+    return {"dagster.run_id": os.environ.get(RUN_ID_ENV, ""),
+            "dagster.partition": sae_key(layer, ctx.config.sae_variant), "git_commit": git_commit()}
 
 
 def publish_sae(ctx: TaskContext, layer: int, result, fingerprint: str, model, held_out: HeldOut) -> dict[str, Any]:  # noqa: ANN001
@@ -132,6 +133,7 @@ def publish_sae(ctx: TaskContext, layer: int, result, fingerprint: str, model, h
         "d_sae": sae.spec.d_sae,
         "architecture": sae.spec.architecture,
         "data_source": config.sae.data_source,
+        **({"sae_variant": config.sae_variant} if config.sae_variant else {}),
         "steps": trainer_config.steps,
         "resumed_from_step": result.resumed_from_step,
         "train_seconds": round(result.seconds, 3),

@@ -1,49 +1,40 @@
-"""Phase 3: one SAE per layer of the run, trained from the stored activations one after another
-(``sae.data_source: cached``) or side by side from the model's own forward passes (``stream``,
-in ``saes_stream``); each resumes from its checkpoint and is skipped when already published for
-the same config and data."""
+"""Phase 3: one SAE per partition of the run (a layer, or in a sweep a layer × variant), trained
+from the stored activations one after another (``sae.data_source: cached``) or side by side from
+the model's own forward passes (``stream``, in ``saes_stream``); each resumes from its checkpoint
+and is skipped when already published for the same config and data."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from typing import Any
 
 from interp_assets.artifacts import activations_relpath, sae_checkpoint_relpath, saes_relpath
 from interp_assets.checkpoint_signal import checkpoint_requested
+from interp_assets.config import sae_key, split_sae_key
 from interp_assets.tasks.common import TaskContext, TaskResult, combined_version, load_model, md
 from interp_assets.tasks.sae_publish import HeldOut, eval_vectors, held_out_text, published_summary, publish_sae, saelens_metadata
 from interp_assets.tasks.saes_stream import train_sae_group_streamed
 
 
 def task_saes(ctx: TaskContext) -> TaskResult:
-    """One SAE per layer of the run: cached, one after another; streamed, a group at a time."""
-    from interp_assets.core.plots import png_markdown
-
+    """One SAE per partition of the run: cached, one after another; streamed, a group of layers at
+    a time. A sweep's partitions train variant by variant, each with its variant's settings."""
     model, tokenizer = load_model(ctx)
-    layers = sorted(int(key) for key in ctx.partition_keys)
-    held_out = held_out_text(ctx, tokenizer)
+    held_out = held_out_text(ctx, tokenizer)  # judging settings are the study's, not a variant's
     summaries, partitions = {}, {}
-    if ctx.config.sae.data_source == "stream":
-        trained = {}
-        for group in ctx.config.sae.layer_groups(layers):
-            trained.update(train_sae_group_streamed(ctx, group, model, tokenizer, held_out))
-    for layer in layers:
-        if ctx.config.sae.data_source == "stream":
-            summary = trained[layer]
-        else:
-            summary = train_one_sae(ctx, layer, model, held_out)
-        summaries[str(layer)] = summary
-        png = ctx.store.read_bytes(f"{saes_relpath(ctx.config, layer)}/training_curve.png")
-        partitions[str(layer)] = {
-            **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
-            "held_out_vs_random_sae": md(held_out_table(summary)),
-            "l0_histogram": {"raw_value": summary["l0_histogram"], "type": "json"},
-            "path": ctx.store.url(saes_relpath(ctx.config, layer)),
-            "training_curve": md(png_markdown(png, f"layer {layer} SAE training curve")),
-        }
-        if "mlflow_run" in summary:  # the layer's MLflow run (tracking.mlflow_uri), as a link
-            partitions[str(layer)]["mlflow_run"] = {"raw_value": summary["mlflow_run"], "type": "url"}
+    by_variant: dict[str | None, list[int]] = {}
+    for key in ctx.partition_keys:
+        layer, variant = split_sae_key(key)
+        by_variant.setdefault(variant, []).append(layer)
+    for variant, layers in by_variant.items():
+        variant_ctx = replace(ctx, config=ctx.config.for_variant(variant))
+        for layer, summary in train_layers(variant_ctx, sorted(layers), model, tokenizer, held_out).items():
+            key = sae_key(layer, variant)
+            summaries[key] = summary
+            partitions[key] = partition_metadata(variant_ctx, layer, summary)
+    layers = sorted({split_sae_key(key)[0] for key in ctx.partition_keys})
     return TaskResult(
         metadata={
             "layers": {"raw_value": layers, "type": "json"},
@@ -59,6 +50,33 @@ def task_saes(ctx: TaskContext) -> TaskResult:
         data_version=combined_version({k: s["weights_sha256"] for k, s in summaries.items()}),
         partitions=partitions,
     )
+
+
+def train_layers(ctx: TaskContext, layers: list[int], model, tokenizer, held_out: HeldOut) -> dict[int, dict[str, Any]]:  # noqa: ANN001
+    """Each layer's published summary, under ``ctx.config``'s SAE settings."""
+    if ctx.config.sae.data_source != "stream":
+        return {layer: train_one_sae(ctx, layer, model, held_out) for layer in layers}
+    trained = {}
+    for group in ctx.config.sae.layer_groups(layers):
+        trained.update(train_sae_group_streamed(ctx, group, model, tokenizer, held_out))
+    return {layer: trained[layer] for layer in layers}
+
+
+def partition_metadata(ctx: TaskContext, layer: int, summary: dict[str, Any]) -> dict[str, Any]:
+    """What one SAE's partition shows: its figures, the held-out table, curve and histogram, its folder."""
+    from interp_assets.core.plots import png_markdown
+
+    png = ctx.store.read_bytes(f"{saes_relpath(ctx.config, layer)}/training_curve.png")
+    metadata = {
+        **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))},
+        "held_out_vs_random_sae": md(held_out_table(summary)),
+        "l0_histogram": {"raw_value": summary["l0_histogram"], "type": "json"},
+        "path": ctx.store.url(saes_relpath(ctx.config, layer)),
+        "training_curve": md(png_markdown(png, f"layer {layer} SAE training curve")),
+    }
+    if "mlflow_run" in summary:  # the SAE's MLflow run (tracking.mlflow_uri), as a link
+        metadata["mlflow_run"] = {"raw_value": summary["mlflow_run"], "type": "url"}
+    return metadata
 
 
 _JUDGED = (("explained_variance", "explained variance (R²)"), ("mse_normalised", "MSE / variance"),
