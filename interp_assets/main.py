@@ -60,7 +60,14 @@ def materialize_study(config_path: str | None, instance: dg.DagsterInstance) -> 
     range_tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     if config.sae.data_source == "cached":  # stream: the SAE worker runs the model itself, nothing is stored
         run(["activations"], f"activations [layers {first}..{last}, one run]", tags=range_tags)
-    run(["saes"], f"saes [layers {first}..{last}, one run]", tags=range_tags)
+    if config.sae_variants:  # a sweep: every layer × variant in one run, then one choice per layer
+        keys = config.sae_partition_keys
+        run(["saes"], f"saes [{keys[0]}..{keys[-1]}: {len(config.layer_keys)} layers × {len(config.sae_variants)} "
+                      "variants, one run]", tags={"dagster/asset_partition_range_start": keys[0],
+                                                   "dagster/asset_partition_range_end": keys[-1]})
+        run(["sae_selection"], f"sae_selection [layers {first}..{last}, one run]", tags=range_tags)
+    else:
+        run(["saes"], f"saes [layers {first}..{last}, one run]", tags=range_tags)
     run(["feature_dashboards"], f"feature_dashboards [layers {first}..{last}, one run]", tags=range_tags)
     for behaviour in config.prompts.behaviours:
         run(["attribution_graphs", "interventions"], f"attribution + interventions [{behaviour}]", partition_key=behaviour)

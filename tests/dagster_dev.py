@@ -208,6 +208,14 @@ query StaleByPartition($keys: [AssetKeyInput!], $partitions: [String!]!) {
   }
 }"""
 
+def staleness(dev: DagsterDev, asset: str, partitions: list[str] | None = None, experiment: str = LOCATION) -> dict:
+    """An asset's stale status (and causes) as the UI reads it: the asset's, or per partition."""
+    keys = [{"path": [experiment, asset]}]
+    if partitions is None:
+        return dev.graphql(STALENESS, {"keys": keys})["assetNodes"][0]
+    return dev.graphql(STALENESS_BY_PARTITION, {"keys": keys, "partitions": partitions})["assetNodes"][0]
+
+
 START_SENSOR = """
 mutation Start($selector: SensorSelector!) {
   startSensor(sensorSelector: $selector) { __typename ... on Sensor { sensorState { status } } ... on PythonError { message } }
@@ -221,13 +229,17 @@ query Ticks($selector: SensorSelector!) {
 }"""
 
 
-def launch_assets(dev: DagsterDev, assets: list[str], experiment: str = LOCATION) -> str:
+def launch_assets(dev: DagsterDev, assets: list[str], experiment: str = LOCATION,
+                  partition_range: tuple[str, str] | None = None) -> str:
     """What the UI's Materialize button sends for unpartitioned assets (of one experiment: its
-    code location and key prefix)."""
+    code location and key prefix), or for a partition range launched as a single run."""
+    tags = [] if partition_range is None else [
+        {"key": "dagster/asset_partition_range_start", "value": partition_range[0]},
+        {"key": "dagster/asset_partition_range_end", "value": partition_range[1]}]
     result = dev.graphql(LAUNCH_RUN, {"executionParams": {
         "selector": {"repositoryLocationName": experiment, "repositoryName": REPOSITORY, "pipelineName": "__ASSET_JOB",
                      "assetSelection": [{"path": [experiment, a]} for a in assets], "assetCheckSelection": []},
-        "mode": "default", "executionMetadata": {"tags": []},
+        "mode": "default", "executionMetadata": {"tags": tags},
     }})["launchPipelineExecution"]
     assert result["__typename"] == "LaunchRunSuccess", result
     return result["run"]["runId"]

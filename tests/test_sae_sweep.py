@@ -152,3 +152,19 @@ def test_the_plan_counts_every_variants_jobs_and_sizes_each_for_the_costliest(tm
     assert sweep.phase("saes").jobs == 2 * plain.phase("saes").jobs
     assert sweep.phase("saes").host_peak_bytes > plain.phase("saes").host_peak_bytes
     assert any("sweep of 2 variants" in note and "wide" in note for note in sweep.phase("saes").notes)
+
+
+def test_the_phases_after_training_read_the_chosen_variants_sae(tmp_path: Path) -> None:
+    """What load_saes (graphs, interventions, dashboards) and open_study resolve a layer to."""
+    from interp_assets.artifacts import sae_selection_relpath
+    from interp_assets.tasks.common import sae_in_use_relpath
+    from resources.storage import open_store
+
+    config = load_config(write_config(tmp_path, SWEEP))
+    store = open_store(config.storage)
+    with pytest.raises(RuntimeError, match=r"layer 3: no SAE chosen at .*layer_003\.json: materialize sae_selection first"):
+        sae_in_use_relpath(config, store, 3)
+    store.write_json(sae_selection_relpath(config, 3), {"variant": "topk_k8"})
+    assert sae_in_use_relpath(config, store, 3) == "saes/mlp_post/topk_k8/layer_003"
+    plain = load_config(write_config(tmp_path, {}, name="plain.yaml"))
+    assert sae_in_use_relpath(plain, store, 3) == "saes/mlp_post/layer_003"

@@ -22,7 +22,9 @@ import dagster as dg
 import pytest
 import yaml
 from browser import browser, screenshot  # noqa: F401 (a fixture)
-from dagster_dev import launch_backfill, start_dagster_dev, wait_for_runs
+from dagster_dev import (
+    LOCATION, RELOAD, launch_assets, launch_backfill, staleness, start_dagster_dev, wait_for_run, wait_for_runs,
+)
 from helpers import PROJECT_ROOT, SMALL_CORPUS, asset_key, copy_study, in_experiment, run_log, seed_tiny_model, wait_for, write_config
 from slurm_cluster import cluster, cluster_lifetime, failure_text, jobs, materialize, slurm  # noqa: F401 (a fixture)
 
@@ -256,15 +258,28 @@ def _assert_own_provenance(md: dict, task_id: str) -> None:
     assert not listed, listed
 
 
-def test_a_layer_backfill_from_the_ui_shows_each_partition_its_own_task(
+SWEEP = {"activations": {"layers": [2, 3]}, "attribution": {"key_layers": [2, 3]},
+         "sae_variants": {"relu": {}, "topk_k8": {"architecture": "topk", "k": 8}},
+         "sae_selection": {"metric": "ce_loss_recovered", "max_l0": None}}
+
+
+def test_a_sweep_backfilled_from_the_ui_is_one_array_job_and_its_selection_follows_the_rule(
     studies: dict, tmp_path: Path, browser  # noqa: ANN001, F811
 ) -> None:
-    """What a researcher does: `dagster dev` with the SLURM backend, a 2-layer backfill of saes
-    (one array job of 2 tasks), then each layer partition's page names its own task."""
+    """What a researcher does: `dagster dev` with the SLURM backend, a backfill of a 2-layer ×
+    2-variant SAE sweep (one run, one array job of 4 tasks, each partition's page naming its own
+    task); sae_selection picks a variant per layer by the rule and the dashboards read it; a new
+    rule stales the selection, and once it has chosen other SAEs, what read the old ones; never
+    the trained SAEs."""
     from playwright.sync_api import expect
 
+    from interp_assets import open_study
+
+    updates = {**TINY_SAE, **SWEEP, "automation": {"enabled": False}}
     config_path = copy_study(load_config(studies["slurm"]).storage.location, tmp_path, ("models", "prompts", "activations"),
-                             {**TINY_SAE, "automation": {"enabled": False}})
+                             updates)
+    keys = load_config(config_path).sae_partition_keys
+    assert keys == ["2:relu", "3:relu", "2:topk_k8", "3:topk_k8"]
     profile = tmp_path / "profile.yaml"
     profile.write_text(yaml.safe_dump({"log_dir": str(tmp_path / "slurm-logs"), "poll_seconds": 0.5,
                                        "max_poll_seconds": 3.0}))
@@ -274,26 +289,77 @@ def test_a_layer_backfill_from_the_ui_shows_each_partition_its_own_task(
     before = {j["job_id"] for j in jobs()}
     dev = start_dagster_dev(home, config_path, tmp_path / "dagster_dev.log", env={
         "INTERP_ASSETS_COMPUTE": "slurm", "INTERP_ASSETS_SLURM_PROFILE": str(profile)})
+
+    def materialization(asset: str, key: str) -> dict:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            return instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=asset_key(asset), asset_partitions=[key]), limit=1
+            ).records[0].asset_materialization.metadata
+
+    def layers_in_one_run(asset: str) -> None:
+        # Launched as one run of the layer range (the backfill daemon's 30 s tick is the sweep's alone).
+        run = wait_for_run(dev, launch_assets(dev, [asset], partition_range=("2", "3")))
+        assert run["status"] == "SUCCESS", dev.log_tail()
+
     try:
-        backfill = launch_backfill(dev, ["saes"], ["2", "3"])
-        (run,) = wait_for_runs(dev, {"dagster/backfill": backfill})
+        (run,) = wait_for_runs(dev, {"dagster/backfill": launch_backfill(dev, ["saes"], keys)})  # the whole sweep: one run
         assert run["status"] == "SUCCESS", dev.log_tail()
         arrays = {j["array_job_id"] for j in jobs(name="ia-saes") if j["job_id"] not in before}
         assert len(arrays) == 1, jobs()
         (array,) = arrays
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            for index, key in enumerate(["2", "3"]):
-                md = instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=asset_key("saes"), asset_partitions=[key]), limit=1
-                ).records[0].asset_materialization.metadata
-                assert md["slurm/job_id"].value == f"{array}_{index}"
-                _assert_own_provenance(md, f"{array}_{index}")
+        assert sorted(int(t["array_index"]) for t in jobs(array)) == [0, 1, 2, 3]
+        for index, key in enumerate(keys):
+            md = materialization("saes", key)
+            assert md["slurm/job_id"].value == f"{array}_{index}"
+            _assert_own_provenance(md, f"{array}_{index}")
+            assert md["architecture"].value == ("topk" if key.endswith("topk_k8") else "standard")
         page = browser.new_page()
-        page.goto(f"{dev.url}/assets/tiny/saes?view=partitions&partition=3")
-        expect(page.get_by_text(f"{array}_1", exact=True).first).to_be_visible(timeout=60_000)
-        expect(page.get_by_text(f"{array}_0", exact=True)).to_have_count(0)
-        screenshot(page, "slurm-saes-partition-3-own-task")
+        page.goto(f"{dev.url}/assets/tiny/saes?view=partitions&partition=3:topk_k8")
+        expect(page.get_by_text(f"{array}_3", exact=True).first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(f"{array}_1", exact=True)).to_have_count(0)
+        screenshot(page, "slurm-sweep-partition-3-topk")
+
+        # The rule: the highest held-out CE-loss recovered, recomputed here from each SAE's record.
+        layers_in_one_run("sae_selection")
+        study = open_study(config_path)
+        variants = list(SWEEP["sae_variants"])
+        figures = {layer: {v: study.sae_metrics(layer, variant=v) for v in variants} for layer in (2, 3)}
+        for layer in (2, 3):
+            expected = max(variants, key=lambda v: figures[layer][v]["ce_loss_recovered"])
+            assert study.sae_selection(layer)["variant"] == expected
+            assert study.sae_dir(layer) == study.sae_dir(layer, variant=expected)
+            md = materialization("sae_selection", str(layer))
+            assert md["variant"].value == expected
+            assert [r.data["variant"] for r in md["variants"].value.records] == variants
+            assert md["pareto"].value.startswith("![")
+        page.goto(f"{dev.url}/assets/tiny/sae_selection?view=partitions&partition=3")
+        expect(page.get_by_text("highest held-out ce_loss_recovered").first).to_be_visible(timeout=60_000)
+        screenshot(page, "slurm-sweep-selection-layer-3")
         page.close()
+        layers_in_one_run("feature_dashboards")
+        for layer in ("2", "3"):  # the dashboards describe the chosen SAE
+            assert materialization("feature_dashboards", layer)["sae_path"].value == \
+                materialization("sae_selection", layer)["sae_path"].value
+
+        # A new rule: at most 10 latents per token, which only the TopK SAEs (k = 8) meet here.
+        assert all(figures[layer]["relu"]["l0"] > 10 >= figures[layer]["topk_k8"]["l0"] for layer in (2, 3)), figures
+        write_config(tmp_path, {**updates, "sae_selection": {"metric": "ce_loss_recovered", "max_l0": 10}})
+        reload = dev.graphql(RELOAD, {"name": LOCATION})["reloadRepositoryLocation"]
+        assert reload["locationOrLoadError"]["__typename"] == "RepositoryLocation", reload
+        selection = staleness(dev, "sae_selection", ["2", "3"])
+        assert selection["staleStatusByPartition"] == ["STALE"] * 2, selection
+        assert {c["category"] for causes in selection["staleCausesByPartition"] for c in causes} == {"CODE"}
+        # Dagster marks a reader stale when what it read changes, not while that is only due: the
+        # dashboards wait for the new choice.
+        assert staleness(dev, "feature_dashboards", ["2", "3"])["staleStatusByPartition"] == ["FRESH"] * 2
+        layers_in_one_run("sae_selection")
+        assert [study.sae_selection(layer)["variant"] for layer in (2, 3)] == ["topk_k8", "topk_k8"]
+        assert staleness(dev, "sae_selection", ["2", "3"])["staleStatusByPartition"] == ["FRESH"] * 2
+        dashboards = staleness(dev, "feature_dashboards", ["2", "3"])
+        assert dashboards["staleStatusByPartition"] == ["STALE"] * 2, dashboards
+        assert {c["category"] for causes in dashboards["staleCausesByPartition"] for c in causes} == {"DATA"}
+        # The trained SAEs were never touched by any of it.
+        assert staleness(dev, "saes", keys)["staleStatusByPartition"] == ["FRESH"] * 4
     finally:
         dev.stop()
 

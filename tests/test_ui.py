@@ -20,13 +20,12 @@ from dagster_dev import (
     LOCATION,
     RELOAD,
     SENSOR_TICKS,
-    STALENESS,
-    STALENESS_BY_PARTITION,
     START_SENSOR,
     DagsterDev,
     launch_backfill,
     runs,
     sensor_selector,
+    staleness,
     start_private_ui,
     wait_for_run,
     wait_for_runs,
@@ -61,12 +60,6 @@ def dev(tmp_path_factory: pytest.TempPathFactory, tiny_model_storage: Path):  # 
     server = start_private_ui(home, config_path, root / "ui.log", root / "ui" / "ui.sock")
     yield server
     assert server.stop() is not None
-
-
-def _stale(dev: DagsterDev, asset: str, partitions: list[str] | None = None) -> dict:
-    if partitions is None:
-        return dev.graphql(STALENESS, {"keys": [{"path": [LOCATION, asset]}]})["assetNodes"][0]
-    return dev.graphql(STALENESS_BY_PARTITION, {"keys": [{"path": [LOCATION, asset]}], "partitions": partitions})["assetNodes"][0]
 
 
 def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev: DagsterDev, browser) -> None:  # noqa: ANN001, F811
@@ -110,7 +103,7 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
         if asset != "prompts":
             assert len(finished) == 1, f"a {asset} backfill of {len(partitions)} layers must be ONE run: {finished}"
     for asset in ("activations", "saes"):
-        assert set(_stale(dev, asset, LAYERS)["staleStatusByPartition"]) == {"FRESH"}
+        assert set(staleness(dev, asset, LAYERS)["staleStatusByPartition"]) == {"FRESH"}
 
     # 4. Automation on; wait for its first tick so it has seen the current code versions (the
     #    next one comes 30 s later: steps 5 and 6 happen in between).
@@ -127,14 +120,14 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     reload = dev.graphql(RELOAD, {"name": LOCATION})["reloadRepositoryLocation"]
     assert reload["locationOrLoadError"]["__typename"] == "RepositoryLocation", reload
 
-    saes = _stale(dev, "saes", LAYERS)
+    saes = staleness(dev, "saes", LAYERS)
     assert saes["staleStatusByPartition"] == ["STALE"] * 4, saes
     causes = [cause for per_partition in saes["staleCausesByPartition"] for cause in per_partition]
     assert {c["partitionKey"] for c in causes} == set(LAYERS), causes
     assert {c["category"] for c in causes} == {"CODE"}, causes
     for asset, partitions in (("activations", LAYERS), ("prompts", ["ioi", "capitals"])):
-        assert set(_stale(dev, asset, partitions)["staleStatusByPartition"]) == {"FRESH"}, asset
-    assert _stale(dev, "language_model")["staleStatus"] == "FRESH"
+        assert set(staleness(dev, asset, partitions)["staleStatusByPartition"]) == {"FRESH"}, asset
+    assert staleness(dev, "language_model")["staleStatus"] == "FRESH"
 
     # What a researcher sees: a layer's partition page shows the Unsynced tag (Dagster 1.13 draws
     # it per partition there, from staleStatus(partition:), not on the asset graph's nodes).
@@ -148,7 +141,7 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     while time.monotonic() < deadline:
         new = [r for r in runs(dev) if r["runId"] not in before_edit]
         if new and all(r["status"] in {"SUCCESS", "FAILURE", "CANCELED"} for r in new) and \
-                set(_stale(dev, "saes", LAYERS)["staleStatusByPartition"]) == {"FRESH"}:
+                set(staleness(dev, "saes", LAYERS)["staleStatusByPartition"]) == {"FRESH"}:
             break
         time.sleep(2)
     new = [r for r in runs(dev) if r["runId"] not in before_edit]
@@ -159,7 +152,7 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     assert {tuple(a["path"]) for r in relaunched for a in r["assetSelection"] or []} == {(LOCATION, "saes")}, new
     assert {tuple(a["path"]) for r in new for a in r["assetSelection"] or []} <= {(LOCATION, "saes"), (LOCATION, "feature_dashboards")}, new
     assert len(relaunched) == 1, f"stale layers relaunch as one single-run backfill: {new}"
-    assert set(_stale(dev, "saes", LAYERS)["staleStatusByPartition"]) == {"FRESH"}
+    assert set(staleness(dev, "saes", LAYERS)["staleStatusByPartition"]) == {"FRESH"}
     page.goto(f"{dev.url}/assets/tiny/saes?view=partitions&partition={LAYERS[0]}")
     expect(page.get_by_text("Latest materialization").first).to_be_visible(timeout=60_000)
     expect(page.get_by_text(re.compile(r"^Unsynced"))).to_have_count(0, timeout=30_000)
