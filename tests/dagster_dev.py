@@ -230,15 +230,17 @@ query Ticks($selector: SensorSelector!) {
 
 
 def launch_assets(dev: DagsterDev, assets: list[str], experiment: str = LOCATION,
-                  partition_range: tuple[str, str] | None = None) -> str:
+                  partition_range: tuple[str, str] | None = None, with_checks: bool = False) -> str:
     """What the UI's Materialize button sends for unpartitioned assets (of one experiment: its
-    code location and key prefix), or for a partition range launched as a single run."""
+    code location and key prefix), or for a partition range launched as a single run; with the
+    assets' checks (an asset that runs its checks itself must be launched with them)."""
     tags = [] if partition_range is None else [
         {"key": "dagster/asset_partition_range_start", "value": partition_range[0]},
         {"key": "dagster/asset_partition_range_end", "value": partition_range[1]}]
     result = dev.graphql(LAUNCH_RUN, {"executionParams": {
         "selector": {"repositoryLocationName": experiment, "repositoryName": REPOSITORY, "pipelineName": "__ASSET_JOB",
-                     "assetSelection": [{"path": [experiment, a]} for a in assets], "assetCheckSelection": []},
+                     "assetSelection": [{"path": [experiment, a]} for a in assets],
+                     "assetCheckSelection": None if with_checks else []},
         "mode": "default", "executionMetadata": {"tags": tags},
     }})["launchPipelineExecution"]
     assert result["__typename"] == "LaunchRunSuccess", result

@@ -298,7 +298,7 @@ def test_a_sweep_backfilled_from_the_ui_is_one_array_job_and_its_selection_follo
 
     def layers_in_one_run(asset: str) -> None:
         # Launched as one run of the layer range (the backfill daemon's 30 s tick is the sweep's alone).
-        run = wait_for_run(dev, launch_assets(dev, [asset], partition_range=("2", "3")))
+        run = wait_for_run(dev, launch_assets(dev, [asset], partition_range=("2", "3"), with_checks=True))
         assert run["status"] == "SUCCESS", dev.log_tail()
 
     try:
