@@ -57,6 +57,7 @@ def choose(config: ExperimentConfig, figures: list[dict], layer: int) -> tuple[d
         "l0": float(f["l0"]),
         rule.metric: f.get(rule.metric),
         f"random_sae/{rule.metric}": f.get(f"random_sae/{rule.metric}"),
+        "random_sae/l0": f.get("random_sae/l0"),
         "within_max_l0": rule.max_l0 is None or float(f["l0"]) <= rule.max_l0,
         "on_pareto_front": f["variant"] in front,
         "explained_variance": f["explained_variance"],
@@ -97,7 +98,7 @@ def select_layer(config: ExperimentConfig, store: ArtifactStore, layer: int) -> 
         "candidates": rows,
     }
     store.write_json(sae_selection_relpath(config, layer), record)
-    points = [{"variant": r["variant"], "l0": r["l0"], "score": r[rule.metric],
+    points = [{"variant": r["variant"], "l0": r["l0"], "score": r[rule.metric], "random_l0": r["random_sae/l0"],
                "random_score": r[f"random_sae/{rule.metric}"]} for r in rows]
     png = pareto_figure(points, chosen["variant"], [r["variant"] for r in rows if r["on_pareto_front"]],
                         rule.metric, rule.max_l0, f"layer {layer}: {len(rows)} variants, held out")

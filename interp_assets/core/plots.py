@@ -78,16 +78,30 @@ def density_histogram_figure(histogram: dict, title: str) -> bytes:
 
 def pareto_figure(points: Sequence[dict], chosen: str, front: Sequence[str], metric: str, max_l0: float | None,
                   title: str) -> bytes:
-    """L0 against the selection's metric, one point per variant (``{"variant", "l0", "score"}``, and a
-    random SAE's as ``"random_score"``: chance), the Pareto front joined, the chosen variant ringed,
-    the L0 bound drawn."""
+    """L0 against the selection's metric, one point per variant (``{"variant", "l0", "score"}``), the
+    Pareto front joined, the chosen variant ringed, the L0 bound dashed, and for each variant a
+    random SAE of its shape (``"random_l0"``, ``"random_score"``: chance). The axes fit the trained
+    variants; a chance point beyond them sits on the edge with its value written."""
+    def limits(values: list[float], minimum_pad: float) -> tuple[float, float]:
+        low, high = (min(values), max(values)) if values else (0.0, 1.0)
+        pad = max(0.15 * (high - low), minimum_pad)
+        return low - pad, high + pad
+
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
     usable = [p for p in points if p["score"] is not None]
+    (x_low, x_high), (y_low, y_high) = limits([p["l0"] for p in usable] + ([max_l0] if max_l0 else []), 1.0), limits([p["score"] for p in usable], 0.02)
+    chance_points = set()
     for point in usable:
         ax.scatter(point["l0"], point["score"], color="tab:blue" if point["variant"] in front else "tab:gray", zorder=3)
         ax.annotate(point["variant"], (point["l0"], point["score"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         if point.get("random_score") is not None:
-            ax.scatter(point["l0"], point["random_score"], marker="x", color="tab:red", zorder=3)
+            chance_points.add((point.get("random_l0", point["l0"]), point["random_score"]))  # same shape: one point
+    for x, y in sorted(chance_points):
+        shown = (min(max(x, x_low), x_high), min(max(y, y_low), y_high))
+        ax.scatter(*shown, marker="x", color="tab:red", zorder=3, clip_on=False)
+        if shown != (x, y):  # beyond the trained variants' axes: drawn on the edge, its values written
+            ax.annotate(f"L0 {x:.3g}, {y:.3g}", shown, fontsize=6, color="tab:red", xytext=(-4, 4),
+                        textcoords="offset points", ha="right")
     line = sorted((p for p in usable if p["variant"] in front), key=lambda p: p["l0"])
     ax.plot([p["l0"] for p in line], [p["score"] for p in line], color="tab:blue", linewidth=1, label="Pareto front")
     for point in usable:
@@ -98,6 +112,8 @@ def pareto_figure(points: Sequence[dict], chosen: str, front: Sequence[str], met
         ax.scatter([], [], marker="x", color="tab:red", label="random SAE of that shape (chance)")
     if max_l0 is not None:
         ax.axvline(max_l0, color="tab:orange", linestyle="--", linewidth=1, label=f"max_l0 {max_l0:g}")
+    ax.set_xlim(x_low, x_high)
+    ax.set_ylim(y_low, y_high)
     ax.set_xlabel("held-out L0 (latents per token)", fontsize=8)
     ax.set_ylabel(f"held-out {metric}", fontsize=8)
     ax.tick_params(labelsize=7)
