@@ -668,6 +668,18 @@ class ExperimentConfig(_Section):
             )
         return self
 
+    @field_validator("sae_variants", mode="before")
+    @classmethod
+    def _variants_are_mappings(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("give a mapping of variant names to sae.* overrides, or {} (no sweep)")
+        if isinstance(value, dict):
+            odd = [name for name, overrides in value.items() if not isinstance(overrides, dict)]
+            if odd:
+                raise ValueError(f"variant(s) {odd} are not mappings: a variant is a mapping of sae.* fields to "
+                                 "their values, {} for the sae section as written")
+        return value
+
     @model_validator(mode="after")
     def _variants_override_sae_fields(self) -> ExperimentConfig:
         problems = []

@@ -94,10 +94,25 @@ def test_arbitrary_file_contents_raise_config_error(tmp_path: Path, content: byt
 @given(section=st.sampled_from(SECTIONS), key=st.text(min_size=1, max_size=12).filter(lambda k: k.strip()))
 def test_unknown_keys_are_named(tmp_path: Path, section: str, key: str) -> None:
     data = tiny_config_dict()
-    if not isinstance(data[section], dict) or key in data[section]:
+    # sae_variants' keys are names the researcher chooses, not fields: its fields are the
+    # variants' own (next test).
+    if section == "sae_variants" or not isinstance(data[section], dict) or key in data[section]:
         return
     data["storage"]["root"] = str(tmp_path / "storage")
     data[section][key] = 1
     with pytest.raises(ConfigError) as raised:
         _load(tmp_path, yaml.safe_dump(data, sort_keys=False))
     assert section in str(raised.value) and "unknown key" in str(raised.value)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.text(min_size=1, max_size=12).filter(lambda k: k.strip()))
+def test_a_variants_unknown_keys_are_named(tmp_path: Path, key: str) -> None:
+    data = tiny_config_dict()
+    if key in data["sae"]:
+        return
+    data["storage"]["root"] = str(tmp_path / "storage")
+    data["sae_variants"] = {"wide": {"expansion_factor": 8, key: 1}}
+    with pytest.raises(ConfigError) as raised:
+        _load(tmp_path, yaml.safe_dump(data, sort_keys=False))
+    assert f"sae_variants.wide.{key}: unknown key" in str(raised.value)

@@ -38,7 +38,7 @@ def key(name: str) -> dg.AssetKey:
     ({"relu": {"data_source": "stream"}}, r"sae_variants\.relu\.data_source: one setting for every variant"),
     ({"relu": {"min_explained_variance": 0.1}}, r"sae_variants\.relu\.min_explained_variance: one setting for every "
                                                 r"variant \(the quality bar"),
-    ({"relu": None}, r"sae_variants\.relu: Input should be a valid dictionary"),
+    ({"relu": None}, r"sae_variants: variant\(s\) \['relu'\] are not mappings"),
 ])
 def test_a_bad_variant_is_an_error_naming_its_field(tmp_path: Path, variants: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
