@@ -29,6 +29,7 @@ from dagster_dev import (
     start_private_ui,
     wait_for_run,
     wait_for_runs,
+    workspace_locations,
 )
 from browser import browser, screenshot  # noqa: F401 (a fixture)
 from helpers import PROJECT_ROOT, SMALL_CORPUS, asset_key, in_experiment, seed_tiny_model, write_config
@@ -70,10 +71,12 @@ def test_materialize_from_the_ui_then_backfill_layers_then_restale_by_config(dev
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.set_default_timeout(30_000)
 
-    # 1. The asset graph (Lineage) draws the nine assets as nodes (HTML in SVG foreignObject).
+    # 1. The asset graph (Lineage) draws the nine assets as nodes (HTML in SVG foreignObject),
+    # once the code location has loaded (a cold start on a busy machine takes a while).
+    workspace_locations(dev, 1)
     page.goto(f"{dev.url}/asset-groups")
     nodes = page.locator("svg foreignObject")
-    expect(nodes).to_have_count(9)
+    expect(nodes).to_have_count(9, timeout=90_000)
     drawn = {text.strip() for text in nodes.all_text_contents()}
     assert drawn == {"language_model", "prompts", "baselines", "activations", "saes", "feature_dashboards",
                      "attribution_graphs", "interventions", "resource_plan"}, drawn
