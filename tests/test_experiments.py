@@ -174,6 +174,7 @@ def test_two_experiments_side_by_side_in_one_instance(tmp_path: Path, tiny_model
     from concurrent_runs import pause_slot_holder, resume, slot_holders, step_window, was_blocked
     from dagster_dev import (
         STALENESS_BY_PARTITION,
+        launch_assets,
         launch_backfill,
         start_dagster_dev,
         wait_for_run,
@@ -216,8 +217,10 @@ def test_two_experiments_side_by_side_in_one_instance(tmp_path: Path, tiny_model
             assert all(r["status"] == "SUCCESS" for r in done), (done, dev.log_tail())
             return done
 
-        def backfill(experiment: str, assets: list[str], partitions: list[str]) -> list[dict]:
-            return finished(launch_backfill(dev, assets, partitions, experiment=experiment))
+        def both_layers_in_one_run(experiment: str, assets: list[str]) -> None:
+            # One run of the layer range, as the UI launches it (no backfill daemon tick to wait for).
+            run_id = launch_assets(dev, assets, experiment=experiment, partition_range=("1", "2"), with_checks=True)
+            assert wait_for_run(dev, run_id)["status"] == "SUCCESS", dev.log_tail()
 
         # Activations read every behaviour's prompts; both experiments' are launched at once.
         for backfill_id in [launch_backfill(dev, ["prompts"], ["ioi", "capitals"], experiment=n) for n in configs]:
@@ -256,10 +259,10 @@ def test_two_experiments_side_by_side_in_one_instance(tmp_path: Path, tiny_model
             assert other_end <= first_end  # the other experiment's ran while tiny's held its pool
 
             # Each experiment's heavy phases; tiny's files are hashed before tiny_topk's run.
-            backfill("tiny", ["activations", "saes"], ["1", "2"])
+            both_layers_in_one_run("tiny", ["activations", "saes"])
             tiny_files = _tree_hashes(folders["tiny"])
             tiny_history = len(instance.fetch_materializations(dg.AssetKey(["tiny", "saes"]), limit=100).records)
-            backfill("tiny_topk", ["activations", "saes"], ["1", "2"])
+            both_layers_in_one_run("tiny_topk", ["activations", "saes"])
             assert _tree_hashes(folders["tiny"]) == tiny_files
             assert len(instance.fetch_materializations(dg.AssetKey(["tiny", "saes"]), limit=100).records) == tiny_history
             topk_saes = instance.fetch_materializations(dg.AssetKey(["tiny_topk", "saes"]), limit=100).records
