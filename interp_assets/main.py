@@ -56,15 +56,17 @@ def materialize_study(config_path: str | None, instance: dg.DagsterInstance) -> 
     run(["language_model"], "language_model")
     for behaviour in config.prompts.behaviours:
         run(["prompts", "baselines"], f"prompts + baselines [{behaviour}]", partition_key=behaviour)
+    def one_run_of(keys: list[str]) -> dict[str, str]:
+        return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+
     first, last = config.layer_keys[0], config.layer_keys[-1]
-    range_tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+    range_tags = one_run_of(config.layer_keys)
     if config.sae.data_source == "cached":  # stream: the SAE worker runs the model itself, nothing is stored
         run(["activations"], f"activations [layers {first}..{last}, one run]", tags=range_tags)
     if config.sae_variants:  # a sweep: every layer × variant in one run, then one choice per layer
         keys = config.sae_partition_keys
         run(["saes"], f"saes [{keys[0]}..{keys[-1]}: {len(config.layer_keys)} layers × {len(config.sae_variants)} "
-                      "variants, one run]", tags={"dagster/asset_partition_range_start": keys[0],
-                                                   "dagster/asset_partition_range_end": keys[-1]})
+                      "variants, one run]", tags=one_run_of(keys))
         run(["sae_selection"], f"sae_selection [layers {first}..{last}, one run]", tags=range_tags)
     else:
         run(["saes"], f"saes [layers {first}..{last}, one run]", tags=range_tags)
