@@ -59,11 +59,22 @@ class DagsterDev:
         return self.log_path.read_text(errors="replace")[-n:]
 
 
+def _instance_storage_created(dagster_home: Path) -> None:
+    """Create the instance's SQLite storage before any server starts: a test that opens the
+    instance while the webserver and daemon are creating it races their alembic stamps ("Version
+    table 'alembic_version' has more than one head present", seen once in a full run)."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_home)):
+        pass
+
+
 def start_dagster_dev(dagster_home: Path, config_path: Path | None, log_path: Path, timeout: float = 120,
                       env: dict[str, str] | None = None, experiments: Path | None = None) -> DagsterDev:
     """`scripts/dev.sh` with its own DAGSTER_HOME, config and port (and ``env`` on top, e.g. the
     SLURM backend); returns once GraphQL answers. Without ``config_path``, the workspace is every
     config of the folder ``experiments``, one code location each."""
+    _instance_storage_created(dagster_home)
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PORT": str(port), **(env or {})}
     env.pop("INTERP_ASSETS_CONFIG", None)
@@ -147,6 +158,7 @@ def start_private_ui(dagster_home: Path, config_path: Path, log_path: Path, sock
                      timeout: float = 120) -> DagsterDev:
     """The shared-login-node launcher (`python -m interp_assets.serve`: webserver on a Unix socket in
     a private directory + daemon), reached through a forwarded TCP port as from a workstation."""
+    _instance_storage_created(dagster_home)
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "INTERP_ASSETS_CONFIG": str(config_path)}
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
